@@ -1,0 +1,21 @@
+"""The pack's ComfyUI nodes (V3 API). Imported only inside ComfyUI."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .common import register_model_folders
+from .flow import FlowEstimate
+from .inpaint import TwoStreamInpaint
+from .keyframes import LoadKeyframes
+
+NODES: list[type[io.ComfyNode]] = [LoadKeyframes, FlowEstimate, TwoStreamInpaint]
+
+
+class KeyframePropagationExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        register_model_folders()
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        register_model_folders()
+        return NODES

@@ -1,0 +1,85 @@
+"""ComfyUI glue shared by the pack's nodes: custom types, progress/Cancel, model folders, errors.
+
+Everything that touches ComfyUI lives in ``nodes/``; the maths is in ``pipelines/``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..pipelines.progress import PipelineError, ProgressFn
+
+# Custom types, declared once for every node of the pack.
+Keyframes = io.Custom("KEYFRAMES")
+Flow = io.Custom("FLOW")
+TwoStreamModel = io.Custom("TWO_STREAM_MODEL")
+
+CATEGORY = "keyframe propagation"
+
+# Model folders of the pack, registered with ComfyUI (models/<name>) unless the user already has them
+# (extra_model_paths.yaml entries are kept).
+MODEL_FOLDERS = {
+    "optical_flow": {".pth", ".pt", ".safetensors"},
+    "two_stream": {".ckpt", ".pt", ".pth", ".safetensors"},
+    "inpaint": {".ckpt", ".pt", ".pth", ".safetensors"},
+}
+
+
+def register_model_folders() -> None:
+    for name, exts in MODEL_FOLDERS.items():
+        path = os.path.join(folder_paths.models_dir, name)
+        if name in folder_paths.folder_names_and_paths:
+            paths, known = folder_paths.folder_names_and_paths[name]
+            if path not in paths:
+                paths.append(path)
+            folder_paths.folder_names_and_paths[name] = (paths, set(known) | exts)
+        else:
+            folder_paths.folder_names_and_paths[name] = ([path], set(exts))
+
+
+def model_files(folder: str) -> list[str]:
+    """Files in a model folder, for a combo; never empty (ComfyUI needs one option)."""
+    try:
+        files = folder_paths.get_filename_list(folder)
+    except Exception:
+        files = []
+    return files or [""]
+
+
+def comfy_progress(node_total: int = 100) -> ProgressFn:
+    """Adapt a pipeline's ``progress(done, total, text)`` to ComfyUI: progress bar and Cancel.
+
+    ComfyUI's interrupt check raises when the user presses Cancel; raising from the callback stops
+    the pipeline between frames.
+    """
+    import comfy.model_management
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(node_total)
+
+    def _cb(done: int, total: int, text: str = "") -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, total)
+
+    return _cb
+
+
+def input_roots() -> list[str]:
+    """Folders LoadKeyframes may read from: ComfyUI's input and output folders."""
+    return [folder_paths.get_input_directory(), folder_paths.get_output_directory()]
+
+
+__all__ = [
+    "CATEGORY",
+    "Flow",
+    "Keyframes",
+    "PipelineError",
+    "TwoStreamModel",
+    "comfy_progress",
+    "input_roots",
+    "model_files",
+    "register_model_folders",
+]

@@ -1,0 +1,161 @@
+"""FlowEstimate: optical flow of a clip (OpenCV DIS by default, RAFT with weights)."""
+
+from __future__ import annotations
+
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..pipelines.flow import FlowEstimator, compute_flows, flow_to_color
+from ..pipelines.progress import PipelineError
+from .common import CATEGORY, Flow, Keyframes, comfy_progress, model_files
+
+
+class FlowEstimate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="KFP_FlowEstimate",
+            display_name="Flow Estimate",
+            category=CATEGORY,
+            description=(
+                "Forward and backward optical flow between consecutive frames (and, on request, between "
+                "each frame and the keyframes), their forward-backward consistency, and flow completed "
+                "inside the masks. Feed it to Two-Stream Inpaint or look at the colour-wheel preview."
+            ),
+            inputs=[
+                io.Image.Input("images", tooltip="The clip's frames (B,H,W,3)."),
+                io.Combo.Input(
+                    "backend",
+                    options=["dis", "raft"],
+                    default="dis",
+                    tooltip="dis: OpenCV DIS flow, no weights needed. raft: torchvision RAFT, "
+                    "needs a weights file in models/optical_flow.",
+                ),
+                io.Combo.Input(
+                    "preset",
+                    options=["ultrafast", "fast", "medium"],
+                    default="medium",
+                    tooltip="DIS quality/speed preset (ignored by RAFT).",
+                ),
+                io.Int.Input(
+                    "work_width",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    step=8,
+                    tooltip="Estimate flow at this width and rescale it to the frame size "
+                    "(the paper uses 256x256); 0 = frame size.",
+                ),
+                io.Int.Input(
+                    "work_height",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    step=8,
+                    tooltip="Estimate flow at this height; 0 = frame size.",
+                ),
+                io.Boolean.Input(
+                    "fill_masks",
+                    default=True,
+                    tooltip="Replace flow inside the masks by interpolation from the mask "
+                    "boundary (the masked object's own motion is not the background's).",
+                ),
+                io.Boolean.Input(
+                    "keyframe_pairs",
+                    default=False,
+                    tooltip="Also compute flow between every frame and every keyframe "
+                    "(needs 'keyframes'; costs 2 x frames x keyframes estimates).",
+                ),
+                io.Float.Input(
+                    "occlusion_threshold",
+                    default=1.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    tooltip="Forward-backward error (pixels) above which a pixel is marked "
+                    "occluded in the occlusion mask output.",
+                ),
+                io.Combo.Input(
+                    "raft_model",
+                    options=model_files("optical_flow"),
+                    tooltip="RAFT weights (torchvision raft_large / raft_small state dict, "
+                    ".pth or .safetensors) in models/optical_flow.",
+                ),
+                io.Int.Input(
+                    "raft_iters",
+                    default=20,
+                    min=1,
+                    max=64,
+                    tooltip="RAFT refinement iterations (the paper uses 20).",
+                ),
+                io.Mask.Input("masks", optional=True, tooltip="Masks (1 = hole) where flow is completed."),
+                Keyframes.Input("keyframes", optional=True, tooltip="Keyframes for keyframe_pairs."),
+            ],
+            outputs=[
+                Flow.Output("flow", tooltip="Flow of the clip, for Two-Stream Inpaint."),
+                io.Image.Output(
+                    "flow_preview", tooltip="Forward flow t->t+1 as a colour wheel (B-1 images)."
+                ),
+                io.Mask.Output(
+                    "occlusion",
+                    tooltip="1 where the forward flow t->t+1 is inconsistent "
+                    "(occluded or unreliable), B-1 masks.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        images: torch.Tensor,
+        backend: str,
+        preset: str,
+        work_width: int,
+        work_height: int,
+        fill_masks: bool,
+        keyframe_pairs: bool,
+        occlusion_threshold: float,
+        raft_model: str,
+        raft_iters: int,
+        masks: torch.Tensor | None = None,
+        keyframes=None,
+    ) -> io.NodeOutput:
+        if images.shape[0] < 2:
+            raise PipelineError(f"images: flow needs at least 2 frames, got {images.shape[0]}")
+        H, W = images.shape[1:3]
+        work = None
+        if work_width or work_height:
+            work = (
+                work_height or round(H * work_width / W / 8) * 8 or 8,
+                work_width or round(W * work_height / H / 8) * 8 or 8,
+            )
+        weights = None
+        if backend == "raft":
+            if not raft_model:
+                raise PipelineError(
+                    "raft_model: no RAFT weights found; put a torchvision RAFT state dict "
+                    "(.pth or .safetensors) in ComfyUI/models/optical_flow"
+                )
+            weights = folder_paths.get_full_path_or_raise("optical_flow", raft_model)
+        est = FlowEstimator(backend, preset, work_size=work, raft_weights=weights, raft_iters=raft_iters)
+        if masks is not None and masks.ndim == 2:
+            masks = masks[None]
+        if masks is not None and masks.shape[0] == 1:
+            masks = masks.expand(images.shape[0], -1, -1)
+        if masks is not None and (masks.shape[0] != images.shape[0] or tuple(masks.shape[1:]) != (H, W)):
+            raise PipelineError(
+                f"masks: {tuple(masks.shape)} does not match images {tuple(images.shape[:3])}"
+            )
+        kf = []
+        if keyframe_pairs:
+            if keyframes is None:
+                raise PipelineError("keyframes: connect LoadKeyframes' keyframes to use keyframe_pairs")
+            kf = list(keyframes.indices)
+        flows = compute_flows(
+            images[..., :3], est, masks=masks, fill_masks=fill_masks, keyframes=kf, progress=comfy_progress()
+        )
+        fwd = flows.forward.float()
+        preview = flow_to_color(fwd)
+        occlusion = (flows.fb_error_forward.float() > occlusion_threshold).float()
+        return io.NodeOutput(flows, preview, occlusion)

@@ -1,0 +1,167 @@
+"""TwoStreamInpaint: remove the masked object from every frame.
+
+Without a model it runs the zero-download flow propagation (pipelines/propagate.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..pipelines.flow import FlowEstimator
+from ..pipelines.progress import PipelineError
+from ..pipelines.propagate import PropagationConfig, propagate_fill
+from .common import CATEGORY, Flow, Keyframes, TwoStreamModel, comfy_progress
+
+
+class TwoStreamInpaint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="KFP_TwoStreamInpaint",
+            display_name="Two-Stream Inpaint",
+            category=CATEGORY,
+            description=(
+                "Removes the masked region from every frame. Without a model: each hole pixel is taken "
+                "from the nearest frames where it is visible (edited keyframes first) by following "
+                "consistent optical flow; pixels never visible are filled per frame (Telea)."
+            ),
+            inputs=[
+                io.Image.Input("images", tooltip="The clip's frames (B,H,W,3)."),
+                io.Mask.Input("masks", tooltip="One mask per frame (or one for all), 1 = region to remove."),
+                Keyframes.Input(
+                    "keyframes",
+                    optional=True,
+                    tooltip="From Load Keyframes: edited keyframes are preferred sources.",
+                ),
+                Flow.Input(
+                    "flow",
+                    optional=True,
+                    tooltip="From Flow Estimate; computed internally (DIS, per chunk) when absent.",
+                ),
+                TwoStreamModel.Input(
+                    "model",
+                    optional=True,
+                    tooltip="A two-stream model; empty = zero-download flow propagation.",
+                ),
+                io.Int.Input(
+                    "chunk",
+                    default=20,
+                    min=1,
+                    max=1000,
+                    tooltip="Frames processed together; memory is bounded by the chunk.",
+                ),
+                io.Int.Input(
+                    "lookahead",
+                    default=40,
+                    min=0,
+                    max=1000,
+                    tooltip="How far past a chunk the backward propagation starts (frames).",
+                ),
+                io.Int.Input(
+                    "mask_dilation",
+                    default=0,
+                    min=0,
+                    max=64,
+                    tooltip="Grow the masks by this many pixels first (masks that hug the object "
+                    "leave a halo).",
+                ),
+                io.Float.Input(
+                    "consistency",
+                    default=1.0,
+                    min=0.0,
+                    max=50.0,
+                    step=0.1,
+                    tooltip="Flow is trusted where its forward-backward error is below this many "
+                    "pixels (plus 5% of its magnitude).",
+                ),
+                io.Int.Input(
+                    "telea_radius",
+                    default=5,
+                    min=1,
+                    max=50,
+                    tooltip="Radius of the per-frame fallback for pixels never visible.",
+                ),
+                io.Int.Input(
+                    "generate_every",
+                    default=20,
+                    min=1,
+                    max=200,
+                    tooltip="With a model: generate every n-th frame, propagate the rest.",
+                ),
+                io.String.Input(
+                    "keyframe_offsets",
+                    default="-40,-20,-10,10,20,40",
+                    tooltip="With a model: offsets of the keyframes given to each generated "
+                    "frame (edited keyframes are always added).",
+                ),
+                io.Int.Input(
+                    "work_long_side",
+                    default=512,
+                    min=64,
+                    max=4096,
+                    step=8,
+                    tooltip="With a model: long side of the working resolution.",
+                ),
+            ],
+            outputs=[
+                io.Image.Output(
+                    "images", tooltip="Frames with the masked region filled; known pixels unchanged."
+                ),
+                io.Mask.Output(
+                    "unseen", tooltip="1 where no frame showed the background (filled per frame)."
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        chunk: int,
+        lookahead: int,
+        mask_dilation: int,
+        consistency: float,
+        telea_radius: int,
+        generate_every: int,
+        keyframe_offsets: str,
+        work_long_side: int,
+        keyframes=None,
+        flow=None,
+        model=None,
+    ) -> io.NodeOutput:
+        if model is not None:
+            raise PipelineError(
+                "model: the two-stream model path is not available in this version; "
+                "disconnect 'model' to use flow propagation"
+            )
+        T, H, W = images.shape[:3]
+        if masks.ndim == 2:
+            masks = masks[None]
+        if masks.shape[0] == 1 and T > 1:
+            masks = masks.expand(T, -1, -1)
+        if masks.shape[0] != T:
+            raise PipelineError(f"masks: {masks.shape[0]} masks for {T} frames")
+        if tuple(masks.shape[1:]) != (H, W):
+            raise PipelineError(f"masks: size {tuple(masks.shape[1:])} differs from the frames' {(H, W)}")
+        if keyframes is not None and keyframes.num_frames not in (0, T):
+            raise PipelineError(f"keyframes: describe {keyframes.num_frames} frames, images has {T}")
+        cfg = PropagationConfig(
+            chunk=chunk,
+            lookahead=lookahead,
+            mask_dilation=mask_dilation,
+            consistency=consistency,
+            telea_radius=telea_radius,
+        )
+        edited = keyframes.edited if keyframes is not None else []
+        out, unseen = propagate_fill(
+            images[..., :3],
+            masks,
+            edited=edited,
+            flows=flow,
+            estimator=None if flow is not None else FlowEstimator("dis", "medium"),
+            config=cfg,
+            progress=comfy_progress(),
+        )
+        return io.NodeOutput(out, unseen)
