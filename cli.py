@@ -57,14 +57,14 @@ def cmd_remove(args) -> int:
     from .pipelines.propagate import propagate_fill
 
     clip = fr.load_frames(
-        fr.resolve_user_path(args.frames, []),
+        fr.resolve_user_path(args.frames, [], what="frames"),
         frame_cap=args.frame_cap,
         skip_first=args.skip_first,
         every_nth=args.every_nth,
     )
     T, H, W = clip.frames.shape[:3]
-    selected = [args.skip_first + i * args.every_nth for i in range(T)]
-    msrc = fr.resolve_user_path(args.masks, []) if args.masks else None
+    selected = list(clip.selected)
+    msrc = fr.resolve_user_path(args.masks, [], what="masks") if args.masks else None
     masks, notes = fr.load_masks(
         msrc, T, (H, W), frame_names=clip.names, selected=selected, alpha=clip.alpha, invert=args.invert_mask
     )
@@ -74,7 +74,7 @@ def cmd_remove(args) -> int:
     if args.edited:
         import torch
 
-        imgs = [fr.load_image_tensor(fr.resolve_user_path(p, [])) for p in args.edited]
+        imgs = [fr.load_image_tensor(fr.resolve_user_path(p, [], what="edited")) for p in args.edited]
         sizes = {tuple(i.shape) for i in imgs}
         if len(sizes) > 1:
             imgs = [

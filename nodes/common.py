@@ -40,13 +40,22 @@ def register_model_folders() -> None:
             folder_paths.folder_names_and_paths[name] = ([path], set(exts))
 
 
-def model_files(folder: str) -> list[str]:
-    """Files in a model folder, for a combo; never empty (ComfyUI needs one option)."""
+NO_MODEL = "none"
+
+
+def model_files(folder: str, allow_none: bool = False) -> list[str]:
+    """Files in a model folder, for a combo; never empty (ComfyUI needs one option).
+
+    With ``allow_none`` the first option is "none", so saved workflows stay valid whatever files a
+    user has.
+    """
     try:
-        files = folder_paths.get_filename_list(folder)
+        files = list(folder_paths.get_filename_list(folder))
     except Exception:
         files = []
-    return files or [""]
+    if allow_none:
+        return [NO_MODEL, *files]
+    return files or [NO_MODEL]
 
 
 def comfy_progress(node_total: int = 100) -> ProgressFn:
@@ -74,6 +83,7 @@ def input_roots() -> list[str]:
 
 __all__ = [
     "CATEGORY",
+    "NO_MODEL",
     "Flow",
     "Keyframes",
     "PipelineError",

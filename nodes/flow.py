@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..pipelines.flow import FlowEstimator, compute_flows, flow_to_color
 from ..pipelines.progress import PipelineError
-from .common import CATEGORY, Flow, Keyframes, comfy_progress, model_files
+from .common import CATEGORY, NO_MODEL, Flow, Keyframes, comfy_progress, model_files
 
 
 class FlowEstimate(io.ComfyNode):
@@ -78,7 +78,8 @@ class FlowEstimate(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "raft_model",
-                    options=model_files("optical_flow"),
+                    options=model_files("optical_flow", allow_none=True),
+                    default="none",
                     tooltip="RAFT weights (torchvision raft_large / raft_small state dict, "
                     ".pth or .safetensors) in models/optical_flow.",
                 ),
@@ -132,7 +133,7 @@ class FlowEstimate(io.ComfyNode):
             )
         weights = None
         if backend == "raft":
-            if not raft_model:
+            if not raft_model or raft_model == NO_MODEL:
                 raise PipelineError(
                     "raft_model: no RAFT weights found; put a torchvision RAFT state dict "
                     "(.pth or .safetensors) in ComfyUI/models/optical_flow"

@@ -106,7 +106,9 @@ class TwoStreamInpaint(io.ComfyNode):
             ],
             outputs=[
                 io.Image.Output(
-                    "images", tooltip="Frames with the masked region filled; known pixels unchanged."
+                    "filled",
+                    display_name="images",
+                    tooltip="Frames with the masked region filled; known pixels unchanged.",
                 ),
                 io.Mask.Output(
                     "unseen", tooltip="1 where no frame showed the background (filled per frame)."

@@ -105,9 +105,15 @@ class LoadKeyframes(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Image.Output("frames", tooltip="The frames (B,H,W,3)."),
-                io.Mask.Output("masks", tooltip="One mask per frame, 1 = region to fill."),
-                Keyframes.Output("keyframes", tooltip="Keyframe indices, size, fps and source of the clip."),
+                io.Image.Output("frames_out", display_name="frames", tooltip="The frames (B,H,W,3)."),
+                io.Mask.Output(
+                    "masks_out", display_name="masks", tooltip="One mask per frame, 1 = region to fill."
+                ),
+                Keyframes.Output(
+                    "keyframes_out",
+                    display_name="keyframes",
+                    tooltip="Keyframe indices, size, fps and source of the clip.",
+                ),
             ],
         )
 
@@ -167,7 +173,7 @@ class LoadKeyframes(io.ComfyNode):
                 raise fr.PipelineError(
                     "frames: give a folder or video under the input folder, or connect 'images'"
                 )
-            path = fr.resolve_user_path(frames.strip(), input_roots())
+            path = fr.resolve_user_path(frames.strip(), input_roots(), what="frames")
             clip = fr.load_frames(
                 path,
                 frame_cap=frame_cap,
@@ -175,9 +181,7 @@ class LoadKeyframes(io.ComfyNode):
                 every_nth=every_nth,
                 progress=comfy_progress(),
             )
-            # load_frames selects skip_first, then every n-th, then caps: the same indices select
-            # masks matched by order from a folder that covers the whole source.
-            selected = [skip_first + i * every_nth for i in range(clip.frames.shape[0])]
+            selected = list(clip.selected)  # indices in the full source, to match masks by order
         notes += clip.notes
         T, H, W = clip.frames.shape[:3]
         if mask is not None:
@@ -185,7 +189,7 @@ class LoadKeyframes(io.ComfyNode):
             if mask.ndim == 3 and images is not None and mask.shape[0] == images.shape[0] != T:
                 msrc = mask[selected]  # a MASK batch aligned with the full IMAGE batch
         elif masks.strip():
-            msrc = fr.resolve_user_path(masks.strip(), input_roots())
+            msrc = fr.resolve_user_path(masks.strip(), input_roots(), what="masks")
         else:
             msrc = None
         m, mnotes = fr.load_masks(

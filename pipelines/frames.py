@@ -123,15 +123,17 @@ def resolve_user_path(path: str | Path, allowed_roots: Sequence[str | Path], wha
     """Resolve a path typed by the user, confined to ``allowed_roots``.
 
     Relative paths are looked up under the first root (then the others); absolute paths must lie
-    inside one of the roots after resolving symlinks and ``..``. With no roots (CLI use) any existing
-    path is allowed. ``what`` is the input's name used in messages (``frames``, ``masks``, ...).
+    inside one of the roots after normalising ``..``. Containment is checked on the path as typed,
+    not on symlink targets, as ComfyUI itself does: a link that the owner of the input folder put
+    there (e.g. to a footage drive) is allowed, while ``..`` and absolute paths elsewhere are not.
+    With no roots (CLI use) any existing path is allowed. ``what`` is the input's name used in messages (``frames``, ``masks``, ...).
     """
     # Windows "Copy as path" wraps the path in quotes; people paste it as is.
     text = str(path).strip().strip('"').strip("'").strip()
     if not text:
         raise PipelineError(f"{what}: no path given")
     p = Path(text).expanduser()
-    roots = [Path(r).expanduser().resolve() for r in allowed_roots]
+    roots = [Path(os.path.abspath(Path(r).expanduser())) for r in allowed_roots]
 
     if not roots:
         resolved = p.resolve()
@@ -139,7 +141,7 @@ def resolve_user_path(path: str | Path, allowed_roots: Sequence[str | Path], wha
             raise PipelineError(f"{what}: '{text}' not found")
         return resolved
 
-    candidates = [p.resolve()] if p.is_absolute() else [(root / p).resolve() for root in roots]
+    candidates = [Path(os.path.abspath(p))] if p.is_absolute() else [Path(os.path.abspath(root / p)) for root in roots]
     inside = [c for c in candidates if any(c == r or c.is_relative_to(r) for r in roots)]
     allowed = ", ".join(f"'{r}'" for r in roots)
     if not inside:

@@ -125,16 +125,15 @@ class _PairFlows:
         m1 = _dilate(self.holes(t + 1), self.cfg.flow_mask_dilation)
         if self.flows is not None:
             fwd, bwd, _, _ = flow_pair(self.flows, t, self.size)
-            refill = not self.flows.filled
         else:
             a = self.frames[t][None, ..., :3].float()
             b = self.frames[t + 1][None, ..., :3].float()
             fwd = self.estimator(a, b)[0]
             bwd = self.estimator(b, a)[0]
-            refill = True
-        if refill:
-            fwd = fill_flow_in_mask(fwd[None], m0[None], seed=t)[0]
-            bwd = fill_flow_in_mask(bwd[None], m1[None], seed=t + 1)[0]
+        # Always re-complete inside the hole grown by the margin, even for a FlowSet already filled
+        # in the plain mask: flow near the object's edge carries the object's own motion.
+        fwd = fill_flow_in_mask(fwd[None], m0[None], seed=t)[0]
+        bwd = fill_flow_in_mask(bwd[None], m1[None], seed=t + 1)[0]
         err_f = fb_error(fwd[None], bwd[None])[0]
         err_b = fb_error(bwd[None], fwd[None])[0]
         entry = (fwd, bwd, self._trust(fwd, err_f), self._trust(bwd, err_b))

@@ -176,16 +176,18 @@ def test_resolve_absolute_outside(roots: tuple[Path, Path, Path]) -> None:
         resolve_user_path(str(sibling), [inp])
 
 
-def test_resolve_symlink_escape(roots: tuple[Path, Path, Path]) -> None:
+def test_resolve_symlink_inside_root_is_allowed_but_dotdot_is_not(roots: tuple[Path, Path, Path]) -> None:
+    # Like ComfyUI, containment is checked on the path as typed: a link placed inside the input
+    # folder by its owner (footage on another drive) works; climbing out with '..' does not.
     inp, _, outside = roots
     try:
         (inp / "link").symlink_to(outside, target_is_directory=True)
     except OSError:
         pytest.skip("symlinks not supported here")
+    assert resolve_user_path("link/secret.txt", [inp]).read_text() == (outside / "secret.txt").read_text()
+    assert resolve_user_path(str(inp / "link"), [inp]).is_dir()
     with pytest.raises(PipelineError, match="outside the allowed folders"):
-        resolve_user_path("link/secret.txt", [inp])
-    with pytest.raises(PipelineError, match="outside the allowed folders"):
-        resolve_user_path(str(inp / "link"), [inp])
+        resolve_user_path("link/../../outside/secret.txt", [inp])
 
 
 def test_resolve_missing(roots: tuple[Path, Path, Path], tmp_path: Path) -> None:

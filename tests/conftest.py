@@ -1,0 +1,43 @@
+"""Shared fixtures: paths to the real data and to a ComfyUI checkout (tests skip cleanly without)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("KFP_DATA", REPO.parent / "shared" / "data"))
+COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH", Path.home() / "comfy" / "ComfyUI")).expanduser()
+
+
+def comfyui_available() -> bool:
+    return (COMFYUI_PATH / "main.py").is_file() and (COMFYUI_PATH / "comfy_api").is_dir()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"real test data not found at {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def comfy_nodes():
+    """The pack's node module, imported with ComfyUI's API on sys.path (no server)."""
+    if not comfyui_available():
+        pytest.skip(f"no ComfyUI checkout at {COMFYUI_PATH} (set COMFYUI_PATH)")
+    if str(COMFYUI_PATH) not in sys.path:
+        sys.path.insert(0, str(COMFYUI_PATH))
+    try:
+        from comfy.cli_args import args
+
+        args.cpu = True  # as `main.py --cpu`: this machine has no GPU
+        import comfy_api.latest  # noqa: F401
+    except Exception as e:  # ComfyUI's requirements missing
+        pytest.skip(f"ComfyUI at {COMFYUI_PATH} does not import: {e}")
+    import keyframe_propagation.nodes as nodes
+
+    return nodes

@@ -1,0 +1,242 @@
+"""Integration: a real ComfyUI server with the pack linked into custom_nodes/.
+
+Starts ComfyUI from ``$COMFYUI_PATH`` (default ``~/comfy/ComfyUI``) on a free loopback port with a
+temporary base directory, and skips cleanly when there is no checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from keyframe_propagation.comfy_client import ComfyClient, ui_to_api
+from keyframe_propagation.pipelines.progress import PipelineError
+
+from conftest import COMFYUI_PATH, DATA, REPO, comfyui_available
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not comfyui_available(), reason=f"no ComfyUI checkout at {COMFYUI_PATH}"),
+]
+
+PACK_DIR_NAME = "comfyui-keyframe-propagation"
+NODE_IDS = ["KFP_LoadKeyframes", "KFP_FlowEstimate", "KFP_TwoStreamInpaint"]
+TENNIS = DATA / "davis_tennis_240p"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / "comfyui.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        cmd = [
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-auto-launch",
+            "--dont-print-server",
+            "--base-directory",
+            str(self.base),
+            "--database-url",
+            "sqlite:///:memory:",
+        ]
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=self.log, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited early:\n{self.log_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/system_stats", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"ComfyUI did not start in {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as r:
+            raw = r.read()
+        return json.loads(raw)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
+    demo = base / "input" / "keyframe_demo"
+    demo.mkdir(parents=True)
+    if TENNIS.is_dir():
+        (demo / "frames").symlink_to(TENNIS / "frames", target_is_directory=True)
+        (demo / "masks").symlink_to(TENNIS / "masks", target_is_directory=True)
+    srv = Server(base)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return server.get("/object_info")
+
+
+def test_pack_imports_without_failure(server):
+    log = server.log_text()
+    failed = [ln for ln in log.splitlines() if "IMPORT FAILED" in ln and PACK_DIR_NAME in ln]
+    assert not failed, log[-3000:]
+    assert f"custom_nodes/{PACK_DIR_NAME}" in log  # the pack was found and timed as loaded
+    assert "Error while calling comfy_entrypoint" not in log
+
+
+def test_every_node_listed_with_tooltips(object_info):
+    for node_id in NODE_IDS:
+        assert node_id in object_info, node_id
+        info = object_info[node_id]
+        assert info["category"] == "keyframe propagation"
+        assert info["description"]
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert all(info["output_tooltips"]), node_id
+
+
+def test_template_and_api_copy_are_served(server):
+    templates = server.get("/api/workflow_templates")
+    assert "remove_object" in templates.get(PACK_DIR_NAME, [])
+    # The API copy lives in a subfolder, so it is not listed as a (broken) template...
+    assert not any(name.endswith("_api") for name in templates.get(PACK_DIR_NAME, []))
+    # ...but is served next to it.
+    ui = server.get(f"/api/workflow_templates/{PACK_DIR_NAME}/remove_object.json")
+    assert {n["type"] for n in ui["nodes"]} >= set(NODE_IDS)
+    api = server.get(f"/api/workflow_templates/{PACK_DIR_NAME}/api/remove_object_api.json")
+    assert {v["class_type"] for v in api.values()} >= set(NODE_IDS)
+
+
+def test_ui_template_converts_to_the_shipped_api_copy(object_info):
+    ui = json.loads((REPO / "example_workflows" / "remove_object.json").read_text())
+    api = json.loads((REPO / "example_workflows" / "api" / "remove_object_api.json").read_text())
+    assert ui_to_api(ui, object_info) == api
+    # Every widget value of the template is accepted by the server's input spec.
+    for node in ui["nodes"]:
+        if node["type"] in object_info:
+            assert len(node["widgets_values"]) >= sum(
+                1
+                for s in {
+                    **object_info[node["type"]]["input"]["required"],
+                    **object_info[node["type"]]["input"].get("optional", {}),
+                }.values()
+                if isinstance(s[0], list) or s[0] in {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+            )
+
+
+@pytest.mark.skipif(not TENNIS.is_dir(), reason=f"real data not found at {TENNIS}")
+def test_api_example_runs_on_real_clip(server):
+    api = json.loads((REPO / "example_workflows" / "api" / "remove_object_api.json").read_text())
+    api["1"]["inputs"]["frame_cap"] = 12
+    client = ComfyClient(server.url)
+    pid = client.queue(api)
+    entry = client.wait(pid, timeout=300)
+    assert entry["status"]["status_str"] == "success"
+    images = entry["outputs"]["4"]["images"]
+    assert len(images) == 12
+    out = client.download_outputs(entry, server.base / "downloaded")
+    assert any(p.suffix == ".mp4" for p in out) and sum(p.suffix == ".png" for p in out) >= 12
+    from PIL import Image
+
+    first = Image.open(next(p for p in out if p.name.startswith("removed") and p.suffix == ".png"))
+    assert first.size == (432, 240)
+
+
+@pytest.mark.skipif(not TENNIS.is_dir(), reason=f"real data not found at {TENNIS}")
+def test_cli_queue_converts_the_ui_template(server, tmp_path):
+    out = tmp_path / "outs"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keyframe_propagation",
+            "queue",
+            str(REPO / "example_workflows" / "remove_object.json"),
+            "--server",
+            server.url,
+            "--out",
+            str(out),
+            "--set",
+            "1.frame_cap=6",
+            "--set",
+            "3.chunk=4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "status: success" in r.stdout
+    assert len(list(out.glob("removed*.png"))) == 6
+
+
+def test_bad_input_gives_a_clear_error(server):
+    api = json.loads((REPO / "example_workflows" / "api" / "remove_object_api.json").read_text())
+    api["1"]["inputs"]["frames"] = "no_such_clip"
+    client = ComfyClient(server.url)
+    pid = client.queue(api)
+    with pytest.raises(PipelineError, match="frames.*no_such_clip"):
+        client.wait(pid, timeout=120)
+
+
+@pytest.mark.skipif(not TENNIS.is_dir(), reason=f"real data not found at {TENNIS}")
+def test_cancel_interrupts_a_running_removal(server):
+    api = json.loads((REPO / "example_workflows" / "api" / "remove_object_api.json").read_text())
+    api["1"]["inputs"]["keyframes"] = "1"  # another input, so nothing is cached from earlier tests
+    api["2"]["inputs"]["preset"] = "fast"
+    client = ComfyClient(server.url)
+    pid = client.queue(api)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:  # wait until it runs
+        q = server.get("/queue")
+        if q["queue_running"]:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    req = urllib.request.Request(f"{server.url}/interrupt", data=b"{}", method="POST")
+    urllib.request.urlopen(req, timeout=10).read()
+    t1 = time.monotonic()
+    with pytest.raises(PipelineError):
+        client.wait(pid, timeout=120)
+    hist = server.get(f"/history/{pid}")[pid]
+    kinds = [m[0] for m in hist["status"]["messages"]]
+    assert "execution_interrupted" in kinds
+    assert time.monotonic() - t1 < 30  # stopped promptly, not after the whole clip

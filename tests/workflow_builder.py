@@ -1,0 +1,214 @@
+"""Builds the example workflows (editor format + API format) from a compact description.
+
+The editor format is LiteGraph's (what ComfyUI saves); widget values are laid out in the order the
+server's ``/object_info`` gives, so the file loads as a template with no missing widgets. The API
+copy is made from it with the pack's own converter (``comfy_client.ui_to_api``), which the
+integration tests also check against the live server.
+
+Regenerate against a running ComfyUI that has the pack installed:
+
+    python tests/workflow_builder.py --server http://127.0.0.1:8188
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "example_workflows"
+
+REMOVE_OBJECT_NOTE = """## Remove an object from a clip (no model download)
+
+1. Put your clip in ComfyUI's **input** folder: a folder of frames (or a video file) and a folder of
+   masks (white = the object to remove; one mask per frame, same file names, or one mask for all).
+   To try it first, make a demo clip: `python -m keyframe_propagation demo --out ComfyUI/input/keyframe_demo`.
+2. In **Load Keyframes** set `frames` and `masks` to those paths (relative to the input folder).
+   Use `frame_cap` to try a few frames first, `width`/`height` to work smaller.
+3. Queue. **Flow Estimate** computes optical flow (OpenCV DIS, no weights); **Two-Stream Inpaint**
+   fills every hole pixel from the frames where the background is visible, and reports in `unseen`
+   the pixels no frame showed (filled per frame).
+4. Results are saved as PNG frames and an MP4 under `output/keyframe_propagation/`.
+
+If the removed object leaves a halo, raise `mask_dilation` on Two-Stream Inpaint."""
+
+
+def remove_object_spec() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": 1,
+            "type": "KFP_LoadKeyframes",
+            "pos": [40, 120],
+            "size": [340, 420],
+            "widgets": {"frames": "keyframe_demo/frames", "masks": "keyframe_demo/masks", "keyframes": "0"},
+        },
+        {
+            "id": 2,
+            "type": "KFP_FlowEstimate",
+            "pos": [430, 60],
+            "size": [320, 330],
+            "links": {"images": (1, 0), "masks": (1, 1)},
+        },
+        {
+            "id": 3,
+            "type": "KFP_TwoStreamInpaint",
+            "pos": [800, 120],
+            "size": [340, 420],
+            "links": {"images": (1, 0), "masks": (1, 1), "keyframes": (1, 2), "flow": (2, 0)},
+        },
+        {
+            "id": 4,
+            "type": "SaveImage",
+            "pos": [1190, 60],
+            "size": [320, 300],
+            "widgets": {"filename_prefix": "keyframe_propagation/removed"},
+            "links": {"images": (3, 0)},
+        },
+        {
+            "id": 5,
+            "type": "CreateVideo",
+            "pos": [1190, 400],
+            "size": [270, 80],
+            "widgets": {"fps": 24.0},
+            "links": {"images": (3, 0)},
+        },
+        {
+            "id": 6,
+            "type": "SaveVideo",
+            "pos": [1500, 400],
+            "size": [320, 300],
+            "widgets": {"filename_prefix": "keyframe_propagation/removed", "format": "mp4", "codec": "h264"},
+            "links": {"video": (5, 0)},
+        },
+        {"id": 7, "type": "PreviewImage", "pos": [800, 580], "size": [320, 260], "links": {"images": (2, 1)}},
+        {"id": 8, "type": "MarkdownNote", "pos": [40, 580], "size": [700, 330], "note": REMOVE_OBJECT_NOTE},
+    ]
+
+
+def _is_widget(spec: list) -> bool:
+    kind = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return not opts.get("forceInput") and (
+        isinstance(kind, list) or kind in {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+    )
+
+
+def build_ui(spec: list[dict[str, Any]], object_info: dict[str, Any]) -> dict[str, Any]:
+    """Editor-format workflow from the compact spec (widget defaults from object_info)."""
+    nodes, links = [], []
+    by_id = {n["id"]: n for n in spec}
+    out_links: dict[tuple[int, int], list[int]] = {}
+    link_id = 0
+    for order, n in enumerate(spec):
+        if n["type"] == "MarkdownNote":
+            nodes.append(
+                {
+                    "id": n["id"],
+                    "type": "MarkdownNote",
+                    "pos": n["pos"],
+                    "size": n["size"],
+                    "flags": {},
+                    "order": order,
+                    "mode": 0,
+                    "inputs": [],
+                    "outputs": [],
+                    "properties": {},
+                    "widgets_values": [n["note"]],
+                    "color": "#432",
+                    "bgcolor": "#653",
+                }
+            )
+            continue
+        info = object_info[n["type"]]
+        order_names = info.get("input_order") or {
+            k: list(info["input"].get(k, {})) for k in ("required", "optional")
+        }
+        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        inputs, widgets = [], []
+        for name in [*order_names.get("required", []), *order_names.get("optional", [])]:
+            s = specs[name]
+            if _is_widget(s):
+                opts = s[1] if len(s) > 1 and isinstance(s[1], dict) else {}
+                default = opts.get("default", s[0][0] if isinstance(s[0], list) and s[0] else None)
+                if s[0] == "COMBO" and default is None:
+                    default = (opts.get("options") or [""])[0]
+                widgets.append(n.get("widgets", {}).get(name, default))
+                if opts.get("control_after_generate"):
+                    widgets.append("fixed")
+            else:
+                entry: dict[str, Any] = {"name": name, "type": s[0], "link": None}
+                if name in n.get("links", {}):
+                    link_id += 1
+                    src, slot = n["links"][name]
+                    entry["link"] = link_id
+                    src_type = object_info[by_id[src]["type"]]["output"][slot]
+                    links.append([link_id, src, slot, n["id"], len(inputs), src_type])
+                    out_links.setdefault((src, slot), []).append(link_id)
+                inputs.append(entry)
+        unknown = set(n.get("widgets", {})) - set(specs)
+        if unknown:
+            raise KeyError(f"{n['type']} has no inputs {unknown}")
+        outputs = [
+            {"name": nm, "type": tp, "links": [], "slot_index": i}
+            for i, (nm, tp) in enumerate(zip(info["output_name"], info["output"]))
+        ]
+        nodes.append(
+            {
+                "id": n["id"],
+                "type": n["type"],
+                "pos": n["pos"],
+                "size": n["size"],
+                "flags": {},
+                "order": order,
+                "mode": 0,
+                "inputs": inputs,
+                "outputs": outputs,
+                "properties": {"Node name for S&R": n["type"]},
+                "widgets_values": widgets,
+            }
+        )
+    for node in nodes:
+        for out in node["outputs"]:
+            out["links"] = out_links.get((node["id"], out["slot_index"]), [])
+    return {
+        "id": "6b0e2a3c-5f1d-4c2e-9a7b-0d1e2f3a4b51",
+        "revision": 0,
+        "last_node_id": max(n["id"] for n in spec),
+        "last_link_id": link_id,
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "version": 0.4,
+    }
+
+
+EXAMPLES = {"remove_object": remove_object_spec}
+
+
+def main() -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT.parent))
+    p = argparse.ArgumentParser()
+    p.add_argument("--server", default="http://127.0.0.1:8188")
+    args = p.parse_args()
+    with urllib.request.urlopen(f"{args.server}/object_info") as r:
+        info = json.loads(r.read())
+    from keyframe_propagation.comfy_client import ui_to_api
+
+    (WORKFLOWS / "api").mkdir(parents=True, exist_ok=True)
+    for name, spec in EXAMPLES.items():
+        ui = build_ui(spec(), info)
+        (WORKFLOWS / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n")
+        api = ui_to_api(ui, info)
+        (WORKFLOWS / "api" / f"{name}_api.json").write_text(json.dumps(api, indent=2) + "\n")
+        print("wrote", name)
+
+
+if __name__ == "__main__":
+    main()
