@@ -24,7 +24,7 @@ UI_ONLY_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
 def is_api_format(workflow: dict) -> bool:
-    return "nodes" not in workflow and all(
+    return bool(workflow) and "nodes" not in workflow and all(
         isinstance(v, dict) and "class_type" in v for v in workflow.values()
     )
 
@@ -41,16 +41,41 @@ def ui_to_api(workflow: dict, object_info: dict[str, Any]) -> dict[str, dict]:
     """Convert an editor workflow (nodes + links) into an API prompt.
 
     Widget values are assigned to the node's widget inputs in the server's input order (seed-like
-    inputs with ``control_after_generate`` carry one extra value); linked inputs become
-    ``[source_node_id, output_index]``. Muted nodes and editor-only nodes are left out.
+    inputs carry one extra "control after generate" value, as in the editor); linked inputs become
+    ``[source_node_id, output_index]``. As the editor's ``graphToPrompt`` does: muted nodes (mode 2)
+    and editor-only nodes are left out together with the inputs linked to them, and bypassed nodes
+    (mode 4) pass the first input of the matching type through to their consumers.
     """
     links = {}
     for link in workflow.get("links", []):
         if isinstance(link, dict):
-            links[link["id"]] = (link["origin_id"], link["origin_slot"])
+            links[link["id"]] = (link["origin_id"], link["origin_slot"], link.get("type"))
         else:
-            links[link[0]] = (link[1], link[2])
+            links[link[0]] = (link[1], link[2], link[5] if len(link) > 5 else None)
     nodes = {n["id"]: n for n in workflow["nodes"]}
+
+    def source(src: int, slot: int, link_type: str | None, depth: int = 0) -> tuple[int, int] | None:
+        """The node output feeding a link, following bypassed nodes; None if it leads nowhere."""
+        node = nodes.get(src)
+        if node is None or depth > len(nodes):
+            return None
+        if node["type"] == "Reroute":
+            raise PipelineError(
+                "workflow: Reroute nodes are not supported by the converter; "
+                "export the workflow in API format from the editor instead"
+            )
+        mode = node.get("mode", 0)
+        if node["type"] in UI_ONLY_NODES or mode == 2:
+            return None
+        if mode == 4:
+            outputs = node.get("outputs") or []
+            out_type = outputs[slot].get("type") if slot < len(outputs) else link_type
+            for inp in node.get("inputs", []):
+                if inp.get("type") == out_type and inp.get("link") in links:
+                    return source(*links[inp["link"]], depth=depth + 1)
+            return None
+        return src, slot
+
     prompt: dict[str, dict] = {}
     for node in workflow["nodes"]:
         ntype = node["type"]
@@ -78,19 +103,21 @@ def ui_to_api(workflow: dict, object_info: dict[str, Any]) -> dict[str, dict]:
                 inputs[name] = values[vi]
                 vi += 1
             opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if opts.get("control_after_generate") and vi < len(values) and isinstance(values[vi], str):
+            # The editor adds a "control after generate" widget to seed-like INT inputs.
+            seed_like = opts.get("control_after_generate") or (
+                spec[0] == "INT" and name in ("seed", "noise_seed")
+            )
+            if seed_like and vi < len(values) and isinstance(values[vi], str):
                 vi += 1
         for inp in node.get("inputs", []):
             link = inp.get("link")
             if link is None or link not in links:
                 continue
-            src, slot = links[link]
-            if src in nodes and nodes[src]["type"] == "Reroute":
-                raise PipelineError(
-                    "workflow: Reroute nodes are not supported by the converter; "
-                    "export the workflow in API format from the editor instead"
-                )
-            inputs[inp["name"]] = [str(src), slot]
+            found = source(*links[link])
+            if found is None:
+                inputs.pop(inp["name"], None)
+                continue
+            inputs[inp["name"]] = [str(found[0]), found[1]]
         prompt[str(node["id"])] = {
             "class_type": ntype,
             "inputs": inputs,
