@@ -24,8 +24,10 @@ UI_ONLY_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
 def is_api_format(workflow: dict) -> bool:
-    return bool(workflow) and "nodes" not in workflow and all(
-        isinstance(v, dict) and "class_type" in v for v in workflow.values()
+    return (
+        bool(workflow)
+        and "nodes" not in workflow
+        and all(isinstance(v, dict) and "class_type" in v for v in workflow.values())
     )
 
 
@@ -169,7 +171,7 @@ class ComfyClient:
         poll: float = 0.5,
         on_progress: Callable[[str], None] | None = None,
     ) -> dict:
-        """Poll the history until the prompt finished; raise PipelineError with the server's message on failure."""
+        """Poll the history until the prompt finished; on failure raise with the server's message."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             hist = self._request(f"/history/{prompt_id}")

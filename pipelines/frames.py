@@ -126,7 +126,8 @@ def resolve_user_path(path: str | Path, allowed_roots: Sequence[str | Path], wha
     inside one of the roots after normalising ``..``. Containment is checked on the path as typed,
     not on symlink targets, as ComfyUI itself does: a link that the owner of the input folder put
     there (e.g. to a footage drive) is allowed, while ``..`` and absolute paths elsewhere are not.
-    With no roots (CLI use) any existing path is allowed. ``what`` is the input's name used in messages (``frames``, ``masks``, ...).
+    With no roots (CLI use) any existing path is allowed. ``what`` is the input's name used in
+    messages (``frames``, ``masks``, ...).
     """
     # Windows "Copy as path" wraps the path in quotes; people paste it as is.
     text = str(path).strip().strip('"').strip("'").strip()
@@ -141,7 +142,10 @@ def resolve_user_path(path: str | Path, allowed_roots: Sequence[str | Path], wha
             raise PipelineError(f"{what}: '{text}' not found")
         return resolved
 
-    candidates = [Path(os.path.abspath(p))] if p.is_absolute() else [Path(os.path.abspath(root / p)) for root in roots]
+    if p.is_absolute():
+        candidates = [Path(os.path.abspath(p))]
+    else:
+        candidates = [Path(os.path.abspath(root / p)) for root in roots]
     inside = [c for c in candidates if any(c == r or c.is_relative_to(r) for r in roots)]
     allowed = ", ".join(f"'{r}'" for r in roots)
     if not inside:

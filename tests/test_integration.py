@@ -15,11 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import COMFYUI_PATH, DATA, REPO, comfyui_available
 
 from keyframe_propagation.comfy_client import ComfyClient, ui_to_api
 from keyframe_propagation.pipelines.progress import PipelineError
-
-from conftest import COMFYUI_PATH, DATA, REPO, comfyui_available
 
 pytestmark = [
     pytest.mark.integration,
