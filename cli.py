@@ -222,7 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--timeout", type=float, default=3600.0)
     q.add_argument("--set", action="append", help="override an input: NODE_ID.input=value")
     q.set_defaults(func=cmd_queue)
+
+    # Subcommands of the other methods live next to their concern (cli_<name>.py at the root, each
+    # with ``register(subparsers)``; they import their heavy modules only when run).
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.endswith(name):
+                continue  # that concern is not part of this version
+            raise
+        mod.register(sub)
     return p
+
+
+_COMMAND_MODULES = ["cli_two_stream", "cli_refine", "cli_inbetween"]
 
 
 def main(argv: list[str] | None = None) -> int:

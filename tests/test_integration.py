@@ -239,3 +239,16 @@ def test_cancel_interrupts_a_running_removal(server):
     kinds = [m[0] for m in hist["status"]["messages"]]
     assert "execution_interrupted" in kinds
     assert time.monotonic() - t1 < 30  # stopped promptly, not after the whole clip
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TENNIS.is_dir(), reason=f"real data not found at {TENNIS}")
+def test_full_tennis_clip_completes_in_comfyui(server):
+    """The zero-download default on the whole 70-frame DAVIS tennis clip, through the API example."""
+    api = json.loads((REPO / "example_workflows" / "api" / "remove_object_api.json").read_text())
+    api["1"]["inputs"]["keyframes"] = "0,-1"  # differs from the other tests: nothing cached
+    client = ComfyClient(server.url)
+    entry = client.wait(client.queue(api), timeout=900)
+    assert entry["status"]["status_str"] == "success"
+    assert len(entry["outputs"]["4"]["images"]) == 70
+    assert entry["outputs"]["6"]  # the MP4
