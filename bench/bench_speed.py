@@ -31,7 +31,9 @@ from pathlib import Path
 import torch
 from common import (
     CAR,
+    DEFAULT_THREADS,
     TENNIS,
+    THREADS_HELP,
     PingPong,
     Stopwatch,
     frame_files,
@@ -43,6 +45,7 @@ from common import (
     read_frame,
     read_mask,
     require_data,
+    set_threads,
     text_table,
 )
 
@@ -64,31 +67,30 @@ def size_source(root: Path, label: str) -> tuple[list[Path], list[Path], tuple[i
 # ----------------------------------------------------------------------------------------------
 
 
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def _pairs_per_second(
     frames: torch.Tensor, masks: torch.Tensor, pairs: int, repeats: int
 ) -> dict[str, float]:
-    r: dict[str, float] = {}
-    for preset in PRESETS:
-        est = FlowEstimator("dis", preset)
+    """Best-of-``repeats`` pairs/s of each estimator; the repeats go round-robin over the estimators,
+    so a burst of load from other processes does not hit only one of them."""
+    ests = {p: FlowEstimator("dis", p) for p in PRESETS}
+    medium = FlowEstimator("dis", "medium")
+    runs = {}
+    for preset, est in ests.items():
         est(frames[:1], frames[1:2])  # warm-up
 
         def run(est: FlowEstimator = est) -> None:
             for t in range(pairs):
                 est(frames[t : t + 1], frames[t + 1 : t + 2])
 
-        r[preset] = pairs / best_time(run, repeats)
-    est = FlowEstimator("dis", "medium")
-    r["compute_flows"] = pairs / best_time(lambda: compute_flows(frames, est, masks=masks), repeats)
-    return r
+        runs[preset] = run
+    runs["compute_flows"] = lambda: compute_flows(frames, medium, masks=masks)
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for key, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    return {k: pairs / v for k, v in best.items()}
 
 
 def flow_throughput(root: Path, pairs: int, repeats: int) -> dict[str, dict[str, float]]:
@@ -212,8 +214,15 @@ def child(spec: dict) -> dict:
     }
 
 
-def run_child(spec: dict) -> dict | None:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+def run_child(spec: dict, threads: int) -> dict | None:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--threads",
+        str(threads),
+        "--child",
+        json.dumps(spec),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -231,21 +240,84 @@ def mib(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0f}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer pairs/frames (about a minute)")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))))
-        return
-    root = require_data(TENNIS, CAR)
-    torch.set_grad_enabled(False)
-    header("bench_speed" + (" --quick" if args.quick else ""))
-    t_start = time.perf_counter()
-    pairs, repeats = (6, 1) if args.quick else (20, 3)
-    short, long = (60, 120) if args.quick else (70, 280)
+def ratio_str(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
+
+def growth(r: dict) -> float | None:
+    """The memory growth used for ratios: VmHWM-based where available, else the ru_maxrss delta."""
+    return r["hwm_growth"] if r["hwm_growth"] is not None else r["maxrss_growth"]
+
+
+def propagation_section(specs: list[dict], threads: int) -> list[dict]:
+    print(
+        "\nPropagation: propagate_fill, default config, DIS medium; tennis masks as holes; lazy ping-pong\n"
+        "source (read on access, LRU of 4), results discarded; one fresh subprocess per row.\n"
+        "peak growth = VmHWM during the call - RSS before it (high-water mark reset via\n"
+        "/proc/self/clear_refs); ru_maxrss d = ru_maxrss after - before the call\n"
+        "(baseline for both: after imports and a 2-frame warm-up). CPU s = process CPU time: close to the\n"
+        "wall time on an idle machine, a check on the timings when other processes compete for the cores"
+    )
+    res = []
+    for spec in specs:
+        print(f"  running {spec['frames']} frames at {spec['size']} ...", flush=True)
+        r = run_child(spec, threads)
+        if r is not None:
+            res.append(r)
+    rows = [
+        [
+            r["size"],
+            r["frames"],
+            f"{r['seconds']:.1f}",
+            f"{r['cpu_seconds']:.1f}",
+            f"{r['frames'] / r['seconds']:.2f}",
+            f"{100 * r['parts']['estimate'] / r['seconds']:.0f} %",
+            mib(r["hwm_growth"]),
+            mib(r["maxrss_growth"]),
+            mib(r["base_rss"]),
+        ]
+        for r in res
+    ]
+    heads = ["size", "frames", "seconds", "CPU s", "frames/s", "flow est.", "peak growth MiB",
+             "ru_maxrss d MiB", "RSS before MiB"]  # fmt: skip
+    print(text_table(heads, rows))
+    small = [r for r in res if r["size"] == "432x240"]
+    if len(small) >= 2:
+        r_s, r_l = small[0], small[-1]
+        g_s, g_l = growth(r_s), growth(r_l)
+        m_s, m_l = r_s["maxrss_growth"], r_l["maxrss_growth"]
+        print(
+            f"  memory {r_l['frames']} vs {r_s['frames']} frames: peak growth ratio "
+            f"{ratio_str(g_l / g_s if g_s and g_l is not None else None)}, ru_maxrss delta ratio "
+            f"{ratio_str(m_l / m_s if m_s > 0 else None)} (1.0 = does not grow with clip length); speed "
+            f"{r_l['frames'] / r_l['seconds']:.2f} vs {r_s['frames'] / r_s['seconds']:.2f} frames/s"
+        )
+    for r in res:
+        if r["size"] != "432x240":
+            g_s = growth(small[0]) if small else None
+            g = growth(r)
+            if g_s and g is not None:
+                print(f"  {r['size']} uses {g / g_s:.1f}x the memory of 432x240 for {r['frames']} frames")
+
+    print("\nWhere propagate_fill spends its time (share of wall time; flow estimation = DIS calls)")
+    names = [
+        ("estimate", "flow estimation (DIS medium)"),
+        ("fill_flow_in_mask", "flow fill in holes (IDW)"),
+        ("fb_error", "forward-backward checks"),
+        ("telea_fill", "Telea fallback (unseen px)"),
+        ("reading", "frame/mask reading (lazy source)"),
+    ]
+    rows = [[label] + [f"{100 * r['parts'][key] / r['seconds']:.0f} %" for r in res] for key, label in names]
+    rows.append(
+        ["rest (chains, warps, blending)"]
+        + [f"{100 * (1 - sum(r['parts'].values()) / r['seconds']):.0f} %" for r in res]
+    )
+    rows.append(["pairs estimated / frame"] + [f"{r['pairs_estimated'] / r['frames']:.2f}" for r in res])
+    print(text_table(["part"] + [f"{r['size']} x{r['frames']}" for r in res], rows))
+    return res
+
+
+def flow_section(root: Path, pairs: int, repeats: int) -> dict[str, dict[str, float]]:
     print(
         f"\nFlow estimation: pairs/s, best of {repeats} run(s) of {pairs} consecutive pairs, "
         "one pair per call"
@@ -267,125 +339,83 @@ def main() -> None:
             f"  {label}: medium is {f['ultrafast'] / f['medium']:.1f}x slower than ultrafast; "
             f"a compute_flows pair costs {f['medium'] / f['compute_flows']:.1f}x one medium estimate"
         )
-    px = (SIZES["1024x576"][0] * SIZES["1024x576"][1]) / (SIZES["432x240"][0] * SIZES["432x240"][1])
+    (h0, w0), (h1, w1) = SIZES["432x240"], SIZES["1024x576"]
     print(
-        f"  1024x576 has {px:.1f}x the pixels of 432x240; DIS medium runs "
+        f"  1024x576 has {h1 * w1 / (h0 * w0):.1f}x the pixels of 432x240; DIS medium runs "
         f"{flow['432x240']['medium'] / flow['1024x576']['medium']:.1f}x slower there"
     )
+    return flow
 
-    specs = [{"size": "432x240", "frames": short}, {"size": "432x240", "frames": long}]
-    if not args.quick:
-        specs.append({"size": "1024x576", "frames": short})
-    print(
-        "\nPropagation: propagate_fill, default config, DIS medium; tennis masks as holes; lazy ping-pong "
-        "source,\nresults discarded; one fresh subprocess per row (memory = growth during the call over "
-        "the RSS after a\n2-frame warm-up)"
-    )
-    res = []
-    for spec in specs:
-        print(f"  running {spec['frames']} frames at {spec['size']} ...", flush=True)
-        r = run_child(spec)
-        if r is not None:
-            res.append(r)
-    rows = []
-    for r in res:
-        parts, secs = r["parts"], r["seconds"]
-        rows.append(
-            [
-                r["size"],
-                r["frames"],
-                f"{secs:.1f}",
-                f"{r['frames'] / secs:.2f}",
-                f"{100 * parts['estimate'] / secs:.0f} %",
-                mib(r["hwm_growth"]),
-                mib(r["maxrss_growth"]),
-                mib(r["base_rss"]),
-            ]
-        )
-    print(
-        text_table(
-            [
-                "size",
-                "frames",
-                "seconds",
-                "frames/s",
-                "flow est.",
-                "peak growth MiB",
-                "ru_maxrss d MiB",
-                "RSS before MiB",
-            ],
-            rows,
-        )  # fmt: skip
-    )
+
+def markdown_summary(flow: dict[str, dict[str, float]], res: list[dict]) -> str:
     by = {(r["size"], r["frames"]): r for r in res}
-    r_s, r_l = by.get(("432x240", short)), by.get(("432x240", long))
-    ratio_hwm = ratio_max = None
-    if r_s and r_l:
-        if r_s["hwm_growth"] and r_l["hwm_growth"] is not None:
-            ratio_hwm = r_l["hwm_growth"] / r_s["hwm_growth"]
-        if r_s["maxrss_growth"] > 0:
-            ratio_max = r_l["maxrss_growth"] / r_s["maxrss_growth"]
-        print(
-            f"  memory {long} vs {short} frames: peak growth ratio "
-            f"{'n/a' if ratio_hwm is None else f'{ratio_hwm:.2f}'}, ru_maxrss delta ratio "
-            f"{'n/a' if ratio_max is None else f'{ratio_max:.2f}'} (1.0 = does not grow with clip length); "
-            f"speed {r_l['frames'] / r_l['seconds']:.2f} vs {r_s['frames'] / r_s['seconds']:.2f} frames/s"
-        )
+    small = sorted(r["frames"] for r in res if r["size"] == "432x240")
+    big_n = sorted(r["frames"] for r in res if r["size"] == "1024x576")
 
-    print("\nWhere propagate_fill spends its time (share of wall time; flow estimation = DIS calls)")
-    names = [
-        ("estimate", "flow estimation (DIS medium)"),
-        ("fill_flow_in_mask", "flow fill in holes (IDW)"),
-        ("fb_error", "forward-backward checks"),
-        ("telea_fill", "Telea fallback (unseen px)"),
-        ("reading", "frame/mask reading (lazy source)"),
-    ]
-    heads = ["part"] + [f"{r['size']} x{r['frames']}" for r in res]
-    rows = []
-    for key, label in names:
-        rows.append([label] + [f"{100 * r['parts'][key] / r['seconds']:.0f} %" for r in res])
-    rows.append(
-        ["rest (chains, warps, blending)"]
-        + [f"{100 * (1 - sum(r['parts'].values()) / r['seconds']):.0f} %" for r in res]
-    )
-    rows.append(["pairs estimated / frame"] + [f"{r['pairs_estimated'] / r['frames']:.2f}" for r in res])
-    print(text_table(heads, rows))
-
-    # Markdown summary.
-    def cell(label: str, key: str) -> str:
-        return f"{flow[label][key]:.1f}"
-
-    def prop_cell(size: str, frames: int, what: str) -> str:
-        r = by.get((size, frames))
+    def prop(size: str, n: int | None, what: str) -> str:
+        r = by.get((size, n))
         if r is None:
             return "-"
         if what == "fps":
             return f"{r['frames'] / r['seconds']:.2f}"
         if what == "share":
             return f"{100 * r['parts']['estimate'] / r['seconds']:.0f} %"
-        return mib(r["hwm_growth"] if r["hwm_growth"] is not None else r["maxrss_growth"])
+        return mib(growth(r))
 
-    md = [[f"DIS {p} (pairs/s)", cell("432x240", p), cell("1024x576", p)] for p in PRESETS]
+    md = [[f"DIS {p} (pairs/s)", f"{flow['432x240'][p]:.1f}", f"{flow['1024x576'][p]:.1f}"] for p in PRESETS]
     md.append(
         [
             "compute_flows, DIS medium (pairs/s)",
-            cell("432x240", "compute_flows"),
-            cell("1024x576", "compute_flows"),
+            f"{flow['432x240']['compute_flows']:.1f}",
+            f"{flow['1024x576']['compute_flows']:.1f}",
         ]
     )
-    big = "1024x576"
-    md.append([f"propagate_fill, {short} frames (frames/s)", prop_cell("432x240", short, "fps"),
-               prop_cell(big, short, "fps")])  # fmt: skip
-    md.append([f"propagate_fill, {long} frames (frames/s)", prop_cell("432x240", long, "fps"), "-"])
-    md.append(["share of propagate_fill in flow estimation", prop_cell("432x240", short, "share"),
-               prop_cell(big, short, "share")])  # fmt: skip
-    md.append([f"peak memory growth, {short} frames (MiB)", prop_cell("432x240", short, "mem"),
-               prop_cell(big, short, "mem")])  # fmt: skip
-    md.append([f"peak memory growth, {long} frames (MiB)", prop_cell("432x240", long, "mem"), "-"])
-    ratio = ratio_hwm if ratio_hwm is not None else ratio_max
-    md.append([f"memory ratio {long}/{short} frames", "n/a" if ratio is None else f"{ratio:.2f}", "-"])
+    for n in small:
+        b = n if n in big_n else None
+        md.append(
+            [f"propagate_fill, {n} frames (frames/s)", prop("432x240", n, "fps"), prop("1024x576", b, "fps")]
+        )
+    if small:
+        n, b = small[0], (small[0] if small[0] in big_n else None)
+        md.append(["share of propagate_fill in flow estimation", prop("432x240", n, "share"),
+                   prop("1024x576", b, "share")])  # fmt: skip
+    for n in small:
+        b = n if n in big_n else None
+        md.append(
+            [f"peak memory growth, {n} frames (MiB)", prop("432x240", n, "mem"), prop("1024x576", b, "mem")]
+        )
+    if len(small) >= 2:
+        g_s, g_l = growth(by[("432x240", small[0])]), growth(by[("432x240", small[-1])])
+        ratio = g_l / g_s if g_s and g_l is not None else None
+        md.append([f"memory ratio {small[-1]}/{small[0]} frames", ratio_str(ratio), "-"])
+    return md_table(["measurement", "432x240", "1024x576"], md)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer pairs/frames (about a minute)")
+    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=THREADS_HELP)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    set_threads(args.threads)
+    if args.child:
+        print("RESULT " + json.dumps(child(json.loads(args.child))))
+        return
+    root = require_data(TENNIS, CAR)
+    torch.set_grad_enabled(False)
+    header("bench_speed" + (" --quick" if args.quick else ""))
+    t_start = time.perf_counter()
+    pairs, repeats = (10, 2) if args.quick else (20, 3)
+    short, long = (60, 120) if args.quick else (70, 280)
+    specs = [{"size": "432x240", "frames": short}, {"size": "432x240", "frames": long}]
+    if not args.quick:
+        specs.append({"size": "1024x576", "frames": short})
+    # Propagation first, while this process is still small: a child's ru_maxrss starts at the
+    # parent's RSS at fork time (the kernel carries it over exec), which would hide its growth.
+    res = propagation_section(specs, args.threads)
+    flow = flow_section(root, pairs, repeats)
     print("\nMarkdown:\n")
-    print(md_table(["measurement", "432x240", "1024x576"], md))
+    print(markdown_summary(flow, res))
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
 
 

@@ -170,13 +170,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+DEFAULT_THREADS = 1
+THREADS_HELP = "torch intra-op threads (default 1: steady timings on a shared machine; 0 = torch's default)"
+
+
+def set_threads(n: int) -> None:
+    """Set torch's intra-op threads (0 = leave torch's default)."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
 def machine_line() -> str:
     load = ""
     if hasattr(os, "getloadavg"):
         load = f", load average {os.getloadavg()[0]:.2f} at start"
     return (
         f"{cpu_model()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), OpenCV {cv2.__version__}, Python {platform.python_version()}"
+        f"({torch.get_num_threads()} threads), OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads), "
+        f"Python {platform.python_version()}"
         f"{load}"
     )
 

@@ -51,6 +51,13 @@ class PropagationConfig:
     flow_mask_dilation: pixels the hole is grown by for flow completion (flow at the object's edge
         belongs to the object, not to the background behind it).
     telea_radius: radius of OpenCV's Telea inpainting for pixels never seen.
+    valid_threshold: a chain link needs this much valid weight among the 4 bilinear neighbours.
+        Colours are premultiplied by validity, so 0.5 takes the valid neighbours only; 0.999 (all
+        four) erodes the reachable region by up to a pixel per link.
+    hole_consistency: if set, the (looser) threshold used inside the completed flow, where both
+        directions are interpolations; None = the same as ``consistency``.
+    flow_fill: flow completion in the hole: "homography" (RANSAC camera motion fitted around the
+        hole + interpolated residual) or "idw" (inverse-distance weighting only, as SPEC A).
     """
 
     chunk: int = 20
@@ -61,6 +68,9 @@ class PropagationConfig:
     mask_dilation: int = 0
     flow_mask_dilation: int = 15
     telea_radius: int = 5
+    valid_threshold: float = 0.5
+    hole_consistency: float | None = None
+    flow_fill: str = "homography"
 
 
 FrameSink = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -114,9 +124,13 @@ class _PairFlows:
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.computed = 0
 
-    def _trust(self, f: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+    def _trust(self, f: torch.Tensor, err: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
         mag = torch.hypot(f[0], f[1])
-        return err < self.cfg.consistency + self.cfg.consistency_rel * mag
+        ok = err < self.cfg.consistency + self.cfg.consistency_rel * mag
+        if self.cfg.hole_consistency is not None:
+            loose = err < self.cfg.hole_consistency + self.cfg.consistency_rel * mag
+            ok = torch.where(filled > 0.5, loose, ok)
+        return ok
 
     def get(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if t in self.cache:
@@ -132,11 +146,11 @@ class _PairFlows:
             bwd = self.estimator(b, a)[0]
         # Always re-complete inside the hole grown by the margin, even for a FlowSet already filled
         # in the plain mask: flow near the object's edge carries the object's own motion.
-        fwd = fill_flow_in_mask(fwd[None], m0[None], seed=t)[0]
-        bwd = fill_flow_in_mask(bwd[None], m1[None], seed=t + 1)[0]
+        fwd = complete_flow(fwd, m0, self.cfg.flow_fill, seed=t)
+        bwd = complete_flow(bwd, m1, self.cfg.flow_fill, seed=t + 1)
         err_f = fb_error(fwd[None], bwd[None])[0]
         err_b = fb_error(bwd[None], fwd[None])[0]
-        entry = (fwd, bwd, self._trust(fwd, err_f), self._trust(bwd, err_b))
+        entry = (fwd, bwd, self._trust(fwd, err_f, m0), self._trust(bwd, err_b, m1))
         self.cache[t] = entry
         self.computed += 1
         return entry
@@ -144,6 +158,43 @@ class _PairFlows:
     def evict_before(self, t: int) -> None:
         for k in [k for k in self.cache if k < t]:
             del self.cache[k]
+
+
+def complete_flow(
+    flow: torch.Tensor, hole: torch.Tensor, method: str = "homography", seed: int = 0, ring: int = 12
+) -> torch.Tensor:
+    """Replace the flow inside ``hole`` by a completion from the known flow around it.
+
+    flow: (2,H,W); hole: (H,W) 1 = replace. "idw": inverse-distance weighting from boundary samples
+    (SPEC A). "homography": a RANSAC homography fitted on a ring around the hole (camera motion,
+    exact for rotation/zoom/pan of distant backgrounds) plus the IDW-completed residual, falling back
+    to plain IDW when the fit is poor.
+    """
+    if not bool(hole.any()):
+        return flow
+    if method == "homography":
+        H, W = hole.shape
+        band = (_dilate(hole, ring) > 0.5) & (hole < 0.5)
+        ys, xs = torch.nonzero(band, as_tuple=True)
+        if len(ys) >= 16:
+            g = torch.Generator().manual_seed(seed)
+            pick = torch.randperm(len(ys), generator=g)[:3000]
+            ys, xs = ys[pick], xs[pick]
+            src = torch.stack([xs, ys], 1).float()
+            dst = src + flow[:, ys, xs].T
+            hm, inl = cv2.findHomography(src.numpy(), dst.numpy(), cv2.RANSAC, 1.0)
+            if hm is not None and inl is not None and float(inl.mean()) > 0.5:
+                gy, gx = torch.meshgrid(
+                    torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij"
+                )
+                hmt = torch.from_numpy(hm)
+                den = hmt[2, 0] * gx + hmt[2, 1] * gy + hmt[2, 2]
+                px = (hmt[0, 0] * gx + hmt[0, 1] * gy + hmt[0, 2]) / den
+                py = (hmt[1, 0] * gx + hmt[1, 1] * gy + hmt[1, 2]) / den
+                fh = torch.stack([px - gx, py - gy]).to(flow.dtype)
+                resid = fill_flow_in_mask((flow - fh)[None], hole[None], seed=seed)[0]
+                return torch.where(hole[None] > 0.5, fh + resid, flow)
+    return fill_flow_in_mask(flow[None], hole[None], seed=seed)[0]
 
 
 def _known_state(frame: torch.Tensor, hole: torch.Tensor, is_key: bool) -> torch.Tensor:
@@ -240,6 +291,8 @@ def propagate_fill(
         estimator = FlowEstimator("dis", "medium")
     if cfg.chunk < 1 or cfg.lookahead < 0:
         raise PipelineError("chunk must be >= 1 and lookahead >= 0")
+    if cfg.flow_fill not in ("homography", "idw"):
+        raise PipelineError(f"flow_fill: '{cfg.flow_fill}' is not one of homography, idw")
     edited_sorted = sorted({int(e) for e in edited if 0 <= int(e) < T})
     edited_set = set(edited_sorted)
 
@@ -283,7 +336,9 @@ def propagate_fill(
             tick(ci)
             fwd_flow, _, trust_fwd, _ = pairs.get(t)  # flow t -> t+1 lives on frame t's grid
             if hole(t).any():
-                state = _step(state, fwd_flow, trust_fwd, frame(t), hole(t), t in edited_set)
+                state = _step(
+                    state, fwd_flow, trust_fwd, frame(t), hole(t), t in edited_set, cfg.valid_threshold
+                )
             else:
                 state = _known_state(frame(t), hole(t), t in edited_set)
             if t < b:
@@ -294,7 +349,9 @@ def propagate_fill(
                 fwd_state = _known_state(frame(t), hole(t), t in edited_set)
             else:
                 _, bwd_flow, _, trust_bwd = pairs.get(t - 1)  # flow t -> t-1 lives on frame t's grid
-                fwd_state = _step(fwd_state, bwd_flow, trust_bwd, frame(t), hole(t), t in edited_set)
+                fwd_state = _step(
+                    fwd_state, bwd_flow, trust_bwd, frame(t), hole(t), t in edited_set, cfg.valid_threshold
+                )
             filled, unseen = _blend(fwd_state, bwd_states.pop(t), frame(t), hole(t))
             if unseen.any():
                 filled = telea_fill(filled, unseen, cfg.telea_radius)
