@@ -6,10 +6,11 @@ from comfy_api.latest import ComfyExtension, io
 
 from .common import register_model_folders
 from .flow import FlowEstimate
+from .inbetween import NODE_LIST as INBETWEEN_NODES
 from .inpaint import TwoStreamInpaint
 from .keyframes import LoadKeyframes
 
-NODES: list[type[io.ComfyNode]] = [LoadKeyframes, FlowEstimate, TwoStreamInpaint]
+NODES: list[type[io.ComfyNode]] = [LoadKeyframes, FlowEstimate, TwoStreamInpaint, *INBETWEEN_NODES]
 
 
 class KeyframePropagationExtension(ComfyExtension):

@@ -96,7 +96,13 @@ def _is_widget(spec: list) -> bool:
     )
 
 
-def build_ui(spec: list[dict[str, Any]], object_info: dict[str, Any]) -> dict[str, Any]:
+WORKFLOW_IDS = {
+    "remove_object": "6b0e2a3c-5f1d-4c2e-9a7b-0d1e2f3a4b51",
+    "inbetween": "0c7d4e2b-8a91-4f3e-b6d5-2e9f1a7c3b62",
+}
+
+
+def build_ui(spec: list[dict[str, Any]], object_info: dict[str, Any], name: str = "") -> dict[str, Any]:
     """Editor-format workflow from the compact spec (widget defaults from object_info)."""
     nodes, links = [], []
     by_id = {n["id"]: n for n in spec}
@@ -136,8 +142,11 @@ def build_ui(spec: list[dict[str, Any]], object_info: dict[str, Any]) -> dict[st
                 if s[0] == "COMBO" and default is None:
                     default = (opts.get("options") or [""])[0]
                 widgets.append(n.get("widgets", {}).get(name, default))
-                if opts.get("control_after_generate"):
+                # The editor saves an extra value after seed-like INTs and image-upload combos.
+                if opts.get("control_after_generate") or (s[0] == "INT" and name in ("seed", "noise_seed")):
                     widgets.append("fixed")
+                if opts.get("image_upload"):
+                    widgets.append("image")
             else:
                 entry: dict[str, Any] = {"name": name, "type": s[0], "link": None}
                 if name in n.get("links", {}):
@@ -168,6 +177,7 @@ def build_ui(spec: list[dict[str, Any]], object_info: dict[str, Any]) -> dict[st
                 "outputs": outputs,
                 "properties": {"Node name for S&R": n["type"]},
                 "widgets_values": widgets,
+                **({"title": n["title"]} if "title" in n else {}),
             }
         )
     for node in nodes:
@@ -187,7 +197,92 @@ def build_ui(spec: list[dict[str, Any]], object_info: dict[str, Any]) -> dict[st
     }
 
 
-EXAMPLES = {"remove_object": remove_object_spec}
+INBETWEEN_NOTE = """## Generate the frames between two keyframes (Stable Video Diffusion)
+
+1. Models (nothing is downloaded):
+   - SVD img2vid-xt: the diffusers folder in `models/diffusers/stable-video-diffusion-img2vid-xt`,
+     or `svd_xt.safetensors` in `models/checkpoints` (then pick `checkpoints/svd_xt.safetensors`).
+   - Reverse-motion weights: the compact delta file in `models/reverse_motion/` (make it once with
+     `python -m keyframe_propagation extract-reverse-delta`), or the released
+     `svd_reverse_motion_with_attnflip` UNet folder in `models/reverse_motion/` together with the
+     img2vid (14-frame) base selected in `base_unet`.
+2. Put the first and last keyframe in ComfyUI's **input** folder and select them in the two Load Image
+   nodes (any size: they are resized to the sampler's width x height, a multiple of 64).
+3. Queue. 25 frames at 1024x576 with 50 steps need a GPU; lower `steps` (25 works) or
+   `noise_injection_steps` for speed, `decode_chunk_size` for memory.
+4. Frames are saved as PNGs and an MP4 under `output/keyframe_propagation/`."""
+
+
+def inbetween_spec() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": 1,
+            "type": "LoadImage",
+            "pos": [40, 60],
+            "size": [300, 320],
+            "title": "First keyframe",
+            "widgets": {"image": "inbetween_first.png"},
+        },
+        {
+            "id": 2,
+            "type": "LoadImage",
+            "pos": [40, 420],
+            "size": [300, 320],
+            "title": "Last keyframe",
+            "widgets": {"image": "inbetween_last.png"},
+        },
+        {
+            "id": 3,
+            "type": "KFP_ReverseSVDLoader",
+            "pos": [380, 60],
+            "size": [400, 200],
+            "widgets": {
+                "svd_model": "diffusers/stable-video-diffusion-img2vid-xt",
+                "reverse_weights": "reverse_motion/svd_reverse_motion_delta.safetensors",
+                "dtype": "fp16",
+            },
+        },
+        {
+            "id": 4,
+            "type": "KFP_DualDirectionalSampler",
+            "pos": [820, 60],
+            "size": [360, 560],
+            "widgets": {"num_frames": 25, "width": 1024, "height": 576, "steps": 50, "seed": 42},
+            "links": {"model": (3, 0), "first_frame": (1, 0), "last_frame": (2, 0)},
+        },
+        {
+            "id": 5,
+            "type": "SaveImage",
+            "pos": [1220, 60],
+            "size": [320, 300],
+            "widgets": {"filename_prefix": "keyframe_propagation/inbetween"},
+            "links": {"images": (4, 0)},
+        },
+        {
+            "id": 6,
+            "type": "CreateVideo",
+            "pos": [1220, 400],
+            "size": [270, 80],
+            "widgets": {"fps": 7.0},
+            "links": {"images": (4, 0)},
+        },
+        {
+            "id": 7,
+            "type": "SaveVideo",
+            "pos": [1520, 400],
+            "size": [320, 300],
+            "widgets": {
+                "filename_prefix": "keyframe_propagation/inbetween",
+                "format": "mp4",
+                "codec": "h264",
+            },
+            "links": {"video": (6, 0)},
+        },
+        {"id": 8, "type": "MarkdownNote", "pos": [380, 660], "size": [760, 360], "note": INBETWEEN_NOTE},
+    ]
+
+
+EXAMPLES = {"remove_object": remove_object_spec, "inbetween": inbetween_spec}
 
 
 def main() -> None:
@@ -203,7 +298,7 @@ def main() -> None:
 
     (WORKFLOWS / "api").mkdir(parents=True, exist_ok=True)
     for name, spec in EXAMPLES.items():
-        ui = build_ui(spec(), info)
+        ui = build_ui(spec(), info, name)
         (WORKFLOWS / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n")
         api = ui_to_api(ui, info)
         (WORKFLOWS / "api" / f"{name}_api.json").write_text(json.dumps(api, indent=2) + "\n")
