@@ -1,7 +1,7 @@
 """Command line: the pack's jobs without ComfyUI, and queueing workflows on a ComfyUI server.
 
 python -m keyframe_propagation demo --out DIR
-python -m keyframe_propagation remove --frames DIR --masks DIR --out DIR
+python -m keyframe_propagation remove --frames DIR --masks DIR --out DIR [--model FILE]
 python -m keyframe_propagation queue WORKFLOW.json --server http://127.0.0.1:8188 --out DIR
 """
 
@@ -95,15 +95,18 @@ def cmd_remove(args) -> int:
         fr.save_frames(filled[None], out, [clip.names[t]])
         results.append(t)
 
-    propagate_fill(
-        frames,
-        masks,
-        sink=sink,
-        edited=edited,
-        estimator=FlowEstimator("dis", args.preset),
-        config=_config_from_args(args),
-        progress=_progress_printer("remove"),
-    )
+    if args.model:
+        _remove_with_model(args, frames, masks, edited, sink)
+    else:
+        propagate_fill(
+            frames,
+            masks,
+            sink=sink,
+            edited=edited,
+            estimator=FlowEstimator("dis", args.preset),
+            config=_config_from_args(args),
+            progress=_progress_printer("remove"),
+        )
     # The MP4 is made from the PNGs just written, so memory stays bounded by the chunk.
     written = [fr.load_image_tensor(out / f"{clip.names[t]}.png") for t in results]
     import torch
@@ -111,6 +114,40 @@ def cmd_remove(args) -> int:
     video = fr.write_video(torch.stack(written), out / "result.mp4", clip.fps or args.fps)
     print(f"wrote {len(results)} frames and {video} to {out}")
     return 0
+
+
+def _remove_with_model(args, frames, masks, edited, sink) -> None:
+    """``remove --model``: the two-stream video protocol (as TwoStreamInpaint with a model)."""
+    import torch
+
+    from .pipelines.flow import FlowEstimator
+    from .pipelines.two_stream_io import config_name, load_two_stream
+    from .pipelines.two_stream_video import TwoStreamVideoConfig, parse_offsets, remove_with_model
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_two_stream(args.model, device=device, dtype=dtypes[args.dtype])
+    print(
+        f"model: {Path(args.model).name} ({config_name(model.config)}) on {device}, {args.dtype}",
+        file=sys.stderr,
+    )
+    cfg = TwoStreamVideoConfig(
+        generate_every=args.generate_every,
+        keyframe_offsets=parse_offsets(args.keyframe_offsets),
+        work_long_side=args.work_long_side,
+        mask_dilation=args.mask_dilation,
+        propagation=_config_from_args(args),
+    )
+    remove_with_model(
+        frames,
+        masks,
+        model,
+        sink=sink,
+        edited=edited,
+        estimator=FlowEstimator("dis", args.preset),
+        config=cfg,
+        progress=_progress_printer("remove (chunks)"),
+    )
 
 
 def cmd_demo(args) -> int:
@@ -186,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("remove", help="remove the masked object from a clip (flow propagation)")
+    r = sub.add_parser(
+        "remove",
+        help="remove the masked object from a clip (flow propagation, or the two-stream model with --model)",
+    )
     r.add_argument("--frames", required=True, help="folder of frames or a video file")
     r.add_argument("--masks", default="", help="folder of masks (by name or order) or one mask image")
     r.add_argument("--out", required=True, help="output folder: one PNG per frame + result.mp4")
@@ -200,6 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--invert-mask", action="store_true")
     r.add_argument("--fps", type=float, default=24.0, help="MP4 frame rate when the source has none")
     _add_propagation_args(r)
+    r.add_argument(
+        "--model",
+        default="",
+        help="two-stream model (.ckpt or .safetensors): use the paper's "
+        "video protocol instead of flow propagation alone",
+    )
+    r.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model precision")
+    r.add_argument("--device", default="", help="model device (default cuda if available, else cpu)")
+    r.add_argument("--generate-every", type=int, default=20, help="with --model: generate every n-th frame")
+    r.add_argument(
+        "--keyframe-offsets",
+        default="-40,-20,-10,10,20,40",
+        help="with --model: keyframe offsets of each generated frame, written with '=' "
+        "(--keyframe-offsets=-20,20); edited keyframes are always added",
+    )
+    r.add_argument(
+        "--work-long-side", type=int, default=512, help="with --model: long side the model runs at"
+    )
     r.set_defaults(func=cmd_remove)
 
     d = sub.add_parser(

@@ -9,8 +9,15 @@ from .flow import FlowEstimate
 from .inbetween import NODE_LIST as INBETWEEN_NODES
 from .inpaint import TwoStreamInpaint
 from .keyframes import LoadKeyframes
+from .two_stream import NODE_LIST as TWO_STREAM_NODES
 
-NODES: list[type[io.ComfyNode]] = [LoadKeyframes, FlowEstimate, TwoStreamInpaint, *INBETWEEN_NODES]
+NODES: list[type[io.ComfyNode]] = [
+    LoadKeyframes,
+    FlowEstimate,
+    *TWO_STREAM_NODES,
+    TwoStreamInpaint,
+    *INBETWEEN_NODES,
+]
 
 
 class KeyframePropagationExtension(ComfyExtension):

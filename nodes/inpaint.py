@@ -1,6 +1,8 @@
 """TwoStreamInpaint: remove the masked object from every frame.
 
-Without a model it runs the zero-download flow propagation (pipelines/propagate.py).
+Without a model it runs the zero-download flow propagation (pipelines/propagate.py); with a model
+(TwoStreamModelLoader) the paper's video protocol (pipelines/two_stream_video.py): the model generates
+every n-th frame from keyframes, the frames in between are propagated from the generated ones.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from comfy_api.latest import io
 from ..pipelines.flow import FlowEstimator
 from ..pipelines.progress import PipelineError
 from ..pipelines.propagate import PropagationConfig, propagate_fill
+from ..pipelines.two_stream_video import TwoStreamVideoConfig, parse_offsets, remove_with_model
 from .common import CATEGORY, Flow, Keyframes, TwoStreamModel, comfy_progress
 
 
@@ -24,7 +27,11 @@ class TwoStreamInpaint(io.ComfyNode):
             description=(
                 "Removes the masked region from every frame. Without a model: each hole pixel is taken "
                 "from the nearest frames where it is visible (edited keyframes first) by following "
-                "consistent optical flow; pixels never visible are filled per frame (Telea)."
+                "consistent optical flow; pixels never visible are filled per frame (Telea). With a "
+                "two-stream model: the model generates every n-th frame from keyframes at the given "
+                "offsets (and the edited keyframes) at a working resolution, composited into the full "
+                "frame; the frames in between are propagated from the generated ones. For sharper "
+                "fills at high resolution, follow with Multiscale Refine."
             ),
             inputs=[
                 io.Image.Input("images", tooltip="The clip's frames (B,H,W,3)."),
@@ -42,21 +49,24 @@ class TwoStreamInpaint(io.ComfyNode):
                 TwoStreamModel.Input(
                     "model",
                     optional=True,
-                    tooltip="A two-stream model; empty = zero-download flow propagation.",
+                    tooltip="A two-stream model (Two-Stream Model Loader); empty = zero-download flow "
+                    "propagation.",
                 ),
                 io.Int.Input(
                     "chunk",
                     default=20,
                     min=1,
                     max=1000,
-                    tooltip="Frames processed together; memory is bounded by the chunk.",
+                    tooltip="Frames processed together; memory is bounded by the chunk. With a model "
+                    "the chunk is generate_every.",
                 ),
                 io.Int.Input(
                     "lookahead",
                     default=40,
                     min=0,
                     max=1000,
-                    tooltip="How far past a chunk the backward propagation starts (frames).",
+                    tooltip="How far past a chunk the backward propagation starts (frames). With a "
+                    "model it starts at the next generated frame.",
                 ),
                 io.Int.Input(
                     "mask_dilation",
@@ -101,7 +111,8 @@ class TwoStreamInpaint(io.ComfyNode):
                     min=64,
                     max=4096,
                     step=8,
-                    tooltip="With a model: long side of the working resolution.",
+                    tooltip="With a model: long side of the resolution the model runs at (rounded to "
+                    "a multiple of 8, never above the frames'); its fill is upscaled and composited.",
                 ),
             ],
             outputs=[
@@ -133,11 +144,6 @@ class TwoStreamInpaint(io.ComfyNode):
         flow=None,
         model=None,
     ) -> io.NodeOutput:
-        if model is not None:
-            raise PipelineError(
-                "model: the two-stream model path is not available in this version; "
-                "disconnect 'model' to use flow propagation"
-            )
         T, H, W = images.shape[:3]
         if masks.ndim == 2:
             masks = masks[None]
@@ -157,6 +163,16 @@ class TwoStreamInpaint(io.ComfyNode):
             telea_radius=telea_radius,
         )
         edited = keyframes.edited if keyframes is not None else []
+        if model is not None:
+            video_cfg = TwoStreamVideoConfig(
+                generate_every=generate_every,
+                keyframe_offsets=parse_offsets(keyframe_offsets),
+                work_long_side=work_long_side,
+                mask_dilation=mask_dilation,
+                propagation=cfg,
+            )
+            out, unseen = _run_model(model, images[..., :3], masks, edited, flow, video_cfg)
+            return io.NodeOutput(out, unseen)
         out, unseen = propagate_fill(
             images[..., :3],
             masks,
@@ -167,3 +183,44 @@ class TwoStreamInpaint(io.ComfyNode):
             progress=comfy_progress(),
         )
         return io.NodeOutput(out, unseen)
+
+
+# Rough activation memory of one model pass per working pixel and keyframe (fp32), used to ask ComfyUI
+# to free that much device memory before the model is moved there.
+_BYTES_PER_PIXEL_PER_FRAME = 3_000
+
+
+def _run_model(model, images, masks, edited, flow, cfg: TwoStreamVideoConfig):
+    """The video protocol with the model on ComfyUI's compute device, moved back afterwards."""
+    import comfy.model_management as mm
+
+    from ..pipelines.two_stream import TwoStreamGenerator
+    from ..pipelines.two_stream_video import working_size
+
+    if not isinstance(model, TwoStreamGenerator):
+        raise PipelineError(
+            f"model: expected a two-stream model (Two-Stream Model Loader), got {type(model).__name__}"
+        )
+    device = mm.get_torch_device()
+    if device.type != "cpu":
+        h, w = working_size(int(images.shape[1]), int(images.shape[2]), cfg.work_long_side)
+        n_frames = 1 + len(cfg.keyframe_offsets) + len(edited)
+        mm.free_memory(mm.module_size(model) + h * w * n_frames * _BYTES_PER_PIXEL_PER_FRAME, device)
+    # Outside inference mode: moved weights must stay usable by autograd (MultiscaleRefine).
+    with torch.inference_mode(False):
+        model.to(device)
+    try:
+        return remove_with_model(
+            images,
+            masks,
+            model,
+            edited=edited,
+            flows=flow,
+            estimator=None if flow is not None else FlowEstimator("dis", "medium"),
+            config=cfg,
+            progress=comfy_progress(),
+        )
+    finally:
+        with torch.inference_mode(False):
+            model.to(mm.unet_offload_device())
+        mm.soft_empty_cache()

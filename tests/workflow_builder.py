@@ -282,7 +282,94 @@ def inbetween_spec() -> list[dict[str, Any]]:
     ]
 
 
-EXAMPLES = {"remove_object": remove_object_spec, "inbetween": inbetween_spec}
+TWO_STREAM_NOTE = """## Remove an object with the two-stream model (keyframe-guided inpainting)
+
+1. Model: put a two-stream checkpoint in `models/two_stream/`: the Lightning `.ckpt` as released, or
+   its generator-only `.safetensors` made with
+   `python -m keyframe_propagation convert-two-stream IN.ckpt models/two_stream/ours_big.safetensors`.
+   Select it in **Two-Stream Model Loader** (fp16/bf16 on a GPU, fp32 on a CPU).
+2. Clip: as in the *remove_object* template (frames + masks in the input folder). Edited keyframes
+   connected to Load Keyframes are always given to the model.
+3. The model generates every `generate_every`-th frame (20) from keyframes at `keyframe_offsets`
+   (+-10, 20, 40) at `work_long_side` (512) and the frames in between are propagated with flow.
+   Flow Estimate runs at 256x256 as the model was trained.
+4. Results are saved as PNG frames and an MP4 under `output/keyframe_propagation/`."""
+
+
+def remove_object_two_stream_spec() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": 1,
+            "type": "KFP_LoadKeyframes",
+            "pos": [40, 120],
+            "size": [340, 420],
+            "widgets": {"frames": "keyframe_demo/frames", "masks": "keyframe_demo/masks", "keyframes": "0"},
+        },
+        {
+            "id": 2,
+            "type": "KFP_TwoStreamModelLoader",
+            "pos": [430, 520],
+            "size": [320, 110],
+            "widgets": {"model_name": "ours_big.safetensors", "dtype": "fp16"},
+        },
+        {
+            "id": 3,
+            "type": "KFP_FlowEstimate",
+            "pos": [430, 60],
+            "size": [320, 400],
+            "widgets": {"work_width": 256, "work_height": 256},
+            "links": {"images": (1, 0), "masks": (1, 1)},
+        },
+        {
+            "id": 4,
+            "type": "KFP_TwoStreamInpaint",
+            "pos": [800, 120],
+            "size": [340, 460],
+            "links": {
+                "images": (1, 0),
+                "masks": (1, 1),
+                "keyframes": (1, 2),
+                "flow": (3, 0),
+                "model": (2, 0),
+            },
+        },
+        {
+            "id": 5,
+            "type": "SaveImage",
+            "pos": [1190, 60],
+            "size": [320, 300],
+            "widgets": {"filename_prefix": "keyframe_propagation/removed_two_stream"},
+            "links": {"images": (4, 0)},
+        },
+        {
+            "id": 6,
+            "type": "CreateVideo",
+            "pos": [1190, 400],
+            "size": [270, 80],
+            "widgets": {"fps": 24.0},
+            "links": {"images": (4, 0)},
+        },
+        {
+            "id": 7,
+            "type": "SaveVideo",
+            "pos": [1500, 400],
+            "size": [320, 300],
+            "widgets": {
+                "filename_prefix": "keyframe_propagation/removed_two_stream",
+                "format": "mp4",
+                "codec": "h264",
+            },
+            "links": {"video": (6, 0)},
+        },
+        {"id": 8, "type": "MarkdownNote", "pos": [40, 600], "size": [700, 360], "note": TWO_STREAM_NOTE},
+    ]
+
+
+EXAMPLES = {
+    "remove_object": remove_object_spec,
+    "inbetween": inbetween_spec,
+    "remove_object_two_stream": remove_object_two_stream_spec,
+}
 
 
 def main() -> None:

@@ -1,0 +1,76 @@
+"""TwoStreamModelLoader: the two-stream generator (SPEC A) from ComfyUI/models/two_stream.
+
+The maths and the file formats are in ``pipelines/two_stream*.py``; this module is the ComfyUI glue:
+model folder, dtype, device placement through ComfyUI's model management (the weights wait on the
+offload device; Two-Stream Inpaint moves them to the compute device while it runs).
+"""
+
+from __future__ import annotations
+
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..pipelines.progress import PipelineError
+from ..pipelines.two_stream_io import load_two_stream
+from .common import CATEGORY, NO_MODEL, TwoStreamModel, model_files
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TwoStreamModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="KFP_TwoStreamModelLoader",
+            display_name="Two-Stream Model Loader",
+            category=CATEGORY,
+            description=(
+                "Loads a two-stream keyframe-guided inpainting model (Runway's 'Towards Unified Keyframe "
+                "Propagation Models') from ComfyUI/models/two_stream: the reference's Lightning .ckpt "
+                "(ours, ours_big, ours_no_ffc; detected from the weights) or a generator .safetensors "
+                "(with or without the 'generator.' prefix). Connect it to Two-Stream Inpaint's model."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "model_name",
+                    options=model_files("two_stream"),
+                    tooltip="Weights file in models/two_stream (.ckpt, .pt, .pth or .safetensors). The "
+                    "architecture (ours / ours_big / ours_no_ffc or a custom size) is read from it.",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(_DTYPES),
+                    default="fp32",
+                    tooltip="Precision of the weights and of the model's computation. fp32 is the "
+                    "reference; fp16/bf16 halve the memory (bf16 is the safer one of the two; on CPU "
+                    "use fp32 or bf16). Flow sampling and FFTs stay in fp32.",
+                ),
+            ],
+            outputs=[
+                TwoStreamModel.Output(
+                    "two_stream_model",
+                    display_name="model",
+                    tooltip="The two-stream generator, kept on ComfyUI's offload device until Two-Stream "
+                    "Inpaint runs it.",
+                )
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        if not model_name or model_name == NO_MODEL:
+            raise PipelineError(
+                "model_name: no file in models/two_stream; put a two-stream checkpoint (.ckpt or "
+                ".safetensors) in ComfyUI/models/two_stream"
+            )
+        if dtype not in _DTYPES:
+            raise PipelineError(f"dtype: expected one of {list(_DTYPES)}, got {dtype!r}")
+        path = folder_paths.get_full_path_or_raise("two_stream", model_name)
+        model = load_two_stream(path, device=mm.unet_offload_device(), dtype=_DTYPES[dtype])
+        return io.NodeOutput(model)
+
+
+NODE_LIST: list[type[io.ComfyNode]] = [TwoStreamModelLoader]
