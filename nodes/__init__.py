@@ -9,6 +9,7 @@ from .flow import FlowEstimate
 from .inbetween import NODE_LIST as INBETWEEN_NODES
 from .inpaint import TwoStreamInpaint
 from .keyframes import LoadKeyframes
+from .refine import NODE_LIST as REFINE_NODES
 from .two_stream import NODE_LIST as TWO_STREAM_NODES
 
 NODES: list[type[io.ComfyNode]] = [
@@ -16,6 +17,7 @@ NODES: list[type[io.ComfyNode]] = [
     FlowEstimate,
     *TWO_STREAM_NODES,
     TwoStreamInpaint,
+    *REFINE_NODES,
     *INBETWEEN_NODES,
 ]
 

@@ -134,6 +134,7 @@ def build_ui(spec: list[dict[str, Any]], object_info: dict[str, Any], name: str 
         }
         specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
         inputs, widgets = [], []
+        upload = False  # the upload button's value is saved after the node's other widgets
         for name in [*order_names.get("required", []), *order_names.get("optional", [])]:
             s = specs[name]
             if _is_widget(s):
@@ -146,7 +147,7 @@ def build_ui(spec: list[dict[str, Any]], object_info: dict[str, Any], name: str 
                 if opts.get("control_after_generate") or (s[0] == "INT" and name in ("seed", "noise_seed")):
                     widgets.append("fixed")
                 if opts.get("image_upload"):
-                    widgets.append("image")
+                    upload = True
             else:
                 entry: dict[str, Any] = {"name": name, "type": s[0], "link": None}
                 if name in n.get("links", {}):
@@ -157,6 +158,8 @@ def build_ui(spec: list[dict[str, Any]], object_info: dict[str, Any], name: str 
                     links.append([link_id, src, slot, n["id"], len(inputs), src_type])
                     out_links.setdefault((src, slot), []).append(link_id)
                 inputs.append(entry)
+        if upload:
+            widgets.append("image")
         unknown = set(n.get("widgets", {})) - set(specs)
         if unknown:
             raise KeyError(f"{n['type']} has no inputs {unknown}")
@@ -365,7 +368,64 @@ def remove_object_two_stream_spec() -> list[dict[str, Any]]:
     ]
 
 
+REFINE_NOTE = """## Inpaint a high-resolution image with LaMa + multiscale refinement
+
+1. Model: put big-lama in `models/inpaint/`: the TorchScript `big-lama.pt` most ComfyUI users already
+   have (only its weights are read), Big-LaMa's Lightning `best.ckpt`, or a generator `.safetensors`.
+2. Load the image and its mask (white = the region to fill; the mask's red channel is used) in the
+   two load nodes.
+3. Multiscale Refine runs LaMa on a small version and then optimises its features at each larger
+   scale (the reference's defaults: 15 iterations, lr 0.002, min side 512, up to 3 scales, 1.8 MP).
+   `crop` and `early_stop` are speed-ups, off by default; `checkpointing` saves memory.
+4. To refine another inpainting node's result instead, connect it to `guide`."""
+
+
+def refine_highres_spec() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": 1,
+            "type": "LoadImage",
+            "pos": [40, 60],
+            "size": [300, 320],
+            "title": "Image",
+            "widgets": {"image": "refine_image.png"},
+        },
+        {
+            "id": 2,
+            "type": "LoadImageMask",
+            "pos": [40, 420],
+            "size": [300, 320],
+            "title": "Mask (white = hole)",
+            "widgets": {"image": "refine_mask.png", "channel": "red"},
+        },
+        {
+            "id": 3,
+            "type": "KFP_InpaintModelLoader",
+            "pos": [380, 60],
+            "size": [320, 110],
+            "widgets": {"model_name": "big-lama.pt", "dtype": "fp32"},
+        },
+        {
+            "id": 4,
+            "type": "KFP_MultiscaleRefine",
+            "pos": [740, 60],
+            "size": [340, 520],
+            "links": {"image": (1, 0), "mask": (2, 0), "model": (3, 0)},
+        },
+        {
+            "id": 5,
+            "type": "SaveImage",
+            "pos": [1120, 60],
+            "size": [360, 400],
+            "widgets": {"filename_prefix": "keyframe_propagation/refined"},
+            "links": {"images": (4, 0)},
+        },
+        {"id": 6, "type": "MarkdownNote", "pos": [380, 620], "size": [700, 300], "note": REFINE_NOTE},
+    ]
+
+
 EXAMPLES = {
+    "refine_highres": refine_highres_spec,
     "remove_object": remove_object_spec,
     "inbetween": inbetween_spec,
     "remove_object_two_stream": remove_object_two_stream_spec,

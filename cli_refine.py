@@ -1,0 +1,119 @@
+"""``python -m keyframe_propagation refine``: multiscale refinement of a LaMa fill without ComfyUI.
+
+python -m keyframe_propagation refine --model big-lama.pt --image IMG --mask MASK --out OUT.png
+(``--n-iters 0``: one plain LaMa pass at the working size.)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    """Add the ``refine`` subcommand to cli.py's subparsers."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "refine",
+        help="inpaint one image at high resolution with LaMa + multiscale refinement",
+        description="Fill the masked region of an image with a LaMa generator (best.ckpt, .safetensors or "
+        "big-lama.pt), refined over an image pyramid (Geomagical's multiscale feature refinement).",
+    )
+    p.add_argument(
+        "--model", required=True, help="LaMa weights: best.ckpt, generator .safetensors or big-lama.pt"
+    )
+    p.add_argument("--image", required=True, help="image to inpaint")
+    p.add_argument("--mask", required=True, help="mask image (non-zero / white = hole)")
+    p.add_argument("--out", required=True, help="output image file (.png, .jpg ...)")
+    p.add_argument("--guide", default="", help="optional inpainted image used as the coarsest scale")
+    p.add_argument("--n-iters", type=int, default=15, help="passes per refined scale; 0 = plain LaMa")
+    p.add_argument("--lr", type=float, default=0.002, help="Adam learning rate on the features")
+    p.add_argument("--min-side", type=int, default=512, help="short side of the coarsest scale (roughly)")
+    p.add_argument("--max-scales", type=int, default=3, help="at most this many pyramid scales")
+    p.add_argument(
+        "--px-budget", type=int, default=1_800_000, help="downscale larger images to this many pixels"
+    )
+    p.add_argument("--crop", action="store_true", help="refine only the hole's box + margin at finer scales")
+    p.add_argument("--crop-margin", type=int, default=128, help="context around the hole's box (pixels)")
+    p.add_argument("--early-stop", action="store_true", help="stop a scale when the loss plateaus")
+    p.add_argument("--patience", type=int, default=2, help="early stopping: stale passes before stopping")
+    p.add_argument(
+        "--min-improvement", type=float, default=0.005, help="early stopping: relative improvement"
+    )
+    p.add_argument("--checkpointing", action="store_true", help="recompute activations (less memory)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights' precision")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument(
+        "--working-size",
+        action="store_true",
+        help="write the result at the pixel-budget working size (default: the input size, known pixels kept)",
+    )
+    p.set_defaults(func=cmd_refine)
+
+
+def cmd_refine(args) -> int:
+    import sys
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from .cli import _progress_printer
+    from .pipelines.frames import _fit_mask, load_image_tensor, read_mask_file, save_frames
+    from .pipelines.lama import load_lama
+    from .pipelines.progress import PipelineError
+    from .pipelines.refine import RefineConfig, refine_frames
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise PipelineError(f"--device: {e}") from e
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    image = load_image_tensor(args.image, "image")
+    h, w = image.shape[:2]
+    mask = read_mask_file(args.mask)
+    if mask.shape != (h, w):
+        print(
+            f"note: mask resized from {mask.shape[1]}x{mask.shape[0]} to {w}x{h} (nearest)", file=sys.stderr
+        )
+        mask = _fit_mask(mask, (h, w))
+    guide = load_image_tensor(args.guide, "guide")[None] if args.guide else None
+    cfg = RefineConfig(
+        n_iters=args.n_iters,
+        lr=args.lr,
+        min_side=args.min_side,
+        max_scales=args.max_scales,
+        px_budget=args.px_budget,
+        checkpoint_segments=9 if args.checkpointing else 0,
+        autocast="none" if args.precision == "fp32" else args.precision,
+        crop=args.crop,
+        crop_margin=args.crop_margin,
+        early_stop=args.early_stop,
+        patience=args.patience,
+        min_improvement=args.min_improvement,
+    )
+    cfg.check()
+    model = load_lama(args.model, device=device, dtype=dtype)
+    t0 = time.perf_counter()
+    out = refine_frames(
+        model,
+        image[None],
+        torch.from_numpy(mask.astype("float32"))[None],
+        cfg,
+        guides=guide,
+        progress=_progress_printer("refine"),
+        device=device,
+        restore_size=not args.working_size,
+    )
+    dt = time.perf_counter() - t0
+    target = Path(args.out)
+    ext = target.suffix or ".png"
+    (written,) = save_frames(out, target.parent if str(target.parent) else Path("."), [target.stem], ext)
+    oh, ow = out.shape[1:3]
+    print(f"wrote {written} ({ow}x{oh}) in {dt:.1f} s")
+    return 0
