@@ -12,19 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _progress(label: str):
-    last = [0.0]
-
-    def _cb(done: int, total: int, text: str = "") -> None:
-        now = time.monotonic()
-        if now - last[0] > 0.5 or done >= total:
-            last[0] = now
-            print(f"\r{label}: {done}/{total} {text}   ", end="", file=sys.stderr, flush=True)
-            if done >= total:
-                print(file=sys.stderr)
-
-    return _cb
+from .cli import _progress_printer as _progress
 
 
 def _device_and_dtype(args):

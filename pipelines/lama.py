@@ -30,6 +30,7 @@ import torch.nn as nn
 from .ffc import FFC_BN_ACT, ConcatTupleLayer, FFCResnetBlock
 from .progress import PipelineError
 from .refine import pad_to_modulo
+from .weights import state_dict_mismatch
 
 __all__ = [
     "FFCResNetGenerator",
@@ -332,22 +333,8 @@ def load_lama(
     # loader nodes under torch.inference_mode()).
     with torch.inference_mode(False):
         model = FFCResNetGenerator(cfg)
-        own = model.state_dict()
-        missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-        unexpected = [k for k in sd if k not in own]
-        shapes = [
-            f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
-            for k, v in own.items()
-            if k in sd and sd[k].shape != v.shape
-        ]
-        if missing or unexpected or shapes:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
-            if shapes:
-                parts.append(f"{len(shapes)} of another shape (first: {'; '.join(shapes[:3])})")
+        parts = state_dict_mismatch(model.state_dict(), sd, ignore_missing=("num_batches_tracked",))
+        if parts:
             raise PipelineError(f"model: '{name}' is not a complete LaMa generator: " + "; ".join(parts))
         model.load_state_dict({k: v for k, v in sd.items()}, strict=False)
         model.eval().requires_grad_(False)

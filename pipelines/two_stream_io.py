@@ -28,6 +28,7 @@ import torch
 
 from .progress import PipelineError
 from .two_stream import CONFIGS, TwoStreamConfig, TwoStreamGenerator
+from .weights import state_dict_mismatch
 
 __all__ = [
     "CONFIG_METADATA_KEY",
@@ -240,21 +241,8 @@ def check_generator_state_dict(sd: dict[str, torch.Tensor], cfg: TwoStreamConfig
     compared with a generator of ``cfg`` (built on the meta device: no memory, no time)."""
     with torch.device("meta"):
         own = TwoStreamGenerator(cfg).state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in sd and sd[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:_SHOW])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:_SHOW])})")
-        if shapes:
-            parts.append(f"{len(shapes)} of another shape (first: {'; '.join(shapes[:_SHOW])})")
+    parts = state_dict_mismatch(own, sd, show=_SHOW)
+    if parts:
         raise PipelineError(
             f"model: '{name}' is not a complete two-stream generator ({config_name(cfg)} layout): "
             + "; ".join(parts)
