@@ -253,8 +253,8 @@ def section_timed(a, cases: list[tuple[str, int, int, int, int]], title: str) ->
                 )
             diff = float(
                 (
-                    torch.load(Path(tmp) / f"{model}_reference.pt")
-                    - torch.load(Path(tmp) / f"{model}_fused.pt")
+                    torch.load(Path(tmp) / f"{model}_reference.pt", weights_only=True)
+                    - torch.load(Path(tmp) / f"{model}_fused.pt", weights_only=True)
                 )
                 .abs()
                 .max()

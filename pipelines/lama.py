@@ -18,7 +18,6 @@ The generator implements the refinement protocol of ``refine.py``: ``front(image
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import torch.nn as nn
 from .ffc import FFC_BN_ACT, ConcatTupleLayer, FFCResnetBlock
 from .progress import PipelineError
 from .refine import pad_to_modulo
-from .weights import state_dict_mismatch
+from .weights import state_dict_mismatch, torch_load_weights_only
 
 __all__ = [
     "FFCResNetGenerator",
@@ -194,36 +193,6 @@ class _CastStage:
 # --------------------------------------------------------------------------------------------------
 
 
-class _Inert:
-    """Stand-in for a class a checkpoint names but weights don't need (Lightning callbacks, configs).
-
-    Unpickled instead of the real class, it runs no code: it accepts and drops any state.
-    """
-
-    def __new__(cls, *args: object, **kwargs: object) -> _Inert:
-        return object.__new__(cls)
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def __setstate__(self, state: object) -> None:
-        pass
-
-
-def _torch_load_weights_only(path: str) -> object:
-    """``torch.load(weights_only=True)``; classes other than tensors and containers (Lightning's
-    ModelCheckpoint, OmegaConf configs ...) are replaced by inert stand-ins instead of failing."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        if not names:
-            raise
-        stubs = [(type(n.rsplit(".", 1)[-1], (_Inert,), {}), n) for n in names]
-        with torch.serialization.safe_globals(stubs):
-            return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _is_torchscript(path: str) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
@@ -250,7 +219,7 @@ def read_state_dict(path: str | os.PathLike, what: str = "model") -> dict[str, t
         elif _is_torchscript(path):
             sd = torch.jit.load(path, map_location="cpu").state_dict()
         else:
-            sd = _torch_load_weights_only(path)
+            sd = torch_load_weights_only(path)
     except Exception as e:  # corrupt, truncated, pickled code ...: say which file
         raise PipelineError(f"{what}: cannot read '{name}' ({path}): {type(e).__name__}: {e}") from e
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 
 from .progress import PipelineError
 from .two_stream import CONFIGS, TwoStreamConfig, TwoStreamGenerator
-from .weights import state_dict_mismatch
+from .weights import state_dict_mismatch, torch_load_weights_only
 
 __all__ = [
     "CONFIG_METADATA_KEY",
@@ -55,33 +54,6 @@ _SHOW = 3  # keys named in error messages
 # --------------------------------------------------------------------------------------------------
 
 
-class _Inert:
-    """Stand-in for a class named by a checkpoint but not needed for its tensors: it runs no code and
-    drops any state given to it."""
-
-    def __new__(cls, *args: object, **kwargs: object) -> _Inert:
-        return object.__new__(cls)
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def __setstate__(self, state: object) -> None:
-        pass
-
-
-def _torch_load(path: str) -> object:
-    """``torch.load(weights_only=True)``, retried with inert stand-ins for non-tensor classes."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        if not names:
-            raise
-        stubs = [(type(n.rsplit(".", 1)[-1], (_Inert,), {}), n) for n in names]
-        with torch.serialization.safe_globals(stubs):
-            return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     """All tensors of a weight file and the config metadata (empty when none).
 
@@ -105,7 +77,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             if CONFIG_METADATA_KEY in raw_meta:
                 meta = json.loads(raw_meta[CONFIG_METADATA_KEY])
         else:
-            obj = _torch_load(path)
+            obj = torch_load_weights_only(path)
     except Exception as e:  # corrupt, truncated, pickled code, bad JSON ...: say which file
         raise PipelineError(f"model: cannot read '{name}' ({path}): {type(e).__name__}: {e}") from e
     if isinstance(obj, dict) and isinstance(obj.get(CONFIG_METADATA_KEY), dict):
