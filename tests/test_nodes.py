@@ -121,6 +121,7 @@ def test_flow_then_inpaint_nodes(comfy_nodes, clip):
         **_defaults(flow_node) | {"images": clip.frames, "masks": clip.masks}
     ).result
     assert flow.num_frames == 10 and preview.shape == (9, 96, 160, 3) and occ.shape == (9, 96, 160)
+    assert flow.forward.dtype == torch.float16  # the clip's flow is kept compact
     assert 0.0 <= float(preview.min()) and float(preview.max()) <= 1.0
     filled, unseen = inpaint.execute(
         **_defaults(inpaint) | {"images": clip.frames, "masks": clip.masks, "flow": flow}
