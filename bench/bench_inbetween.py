@@ -39,7 +39,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_THREADS, THREADS_HELP, header, set_threads, text_table  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_THREADS,
+    THREADS_HELP,
+    header,
+    proc_status,
+    reset_hwm,
+    set_threads,
+    text_table,
+)
 
 from keyframe_propagation.pipelines.svd.tiny import MID_UNET, TINY_UNET  # noqa: E402
 
@@ -133,23 +141,6 @@ def section_map_memory() -> None:
 # ----------------------------------------------------------------------------------------------
 # 2./3. Timed steps (child process)
 # ----------------------------------------------------------------------------------------------
-def _proc_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def child(args) -> None:
@@ -206,8 +197,8 @@ def child(args) -> None:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        hwm_ok = _reset_hwm()
-        base = _proc_kib("VmRSS") * 1024
+        hwm_ok = reset_hwm()
+        base = proc_status("VmRSS") * 1024 * 1024
     step()  # warm-up (allocator, kernels)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -223,7 +214,7 @@ def child(args) -> None:
         peak = torch.cuda.max_memory_allocated() - base
         how = "cuda max_memory_allocated growth"
     else:
-        peak = (_proc_kib("VmHWM") * 1024 - base) if hwm_ok else None
+        peak = (proc_status("VmHWM") * 1024 * 1024 - base) if hwm_ok else None
         how = "VmHWM growth"
     torch.save(out.float().cpu(), args.save)
     print(json.dumps({"seconds": dt, "peak": peak, "how": how}))

@@ -41,7 +41,6 @@ import argparse
 import gc
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
@@ -50,7 +49,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import DEFAULT_THREADS, THREADS_HELP, header, set_threads, text_table
+from common import (
+    DEFAULT_THREADS,
+    THREADS_HELP,
+    header,
+    maxrss_mib,
+    proc_status,
+    reset_hwm,
+    set_threads,
+    text_table,
+)
 
 from keyframe_propagation.pipelines.lama import FFCResNetGenerator, random_lama
 from keyframe_propagation.pipelines.refine import (
@@ -183,30 +191,6 @@ def projected_seconds(run: Run, passes: int = REFERENCE_PASSES) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def _proc_status(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _maxrss_mib() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
-
-
 def child(spec: dict) -> dict:
     """Peak memory of one refinement; spec = {"size", "min_side", "segments", "passes"}."""
     if spec.get("smoke"):
@@ -217,14 +201,14 @@ def child(spec: dict) -> dict:
         n_iters=spec["passes"], min_side=px(spec["min_side"]), checkpoint_segments=spec["segments"]
     )
     gc.collect()
-    base_maxrss = _maxrss_mib()
-    hwm_ok = _reset_hwm()
-    base_rss = _proc_status("VmRSS")
+    base_maxrss = maxrss_mib()
+    hwm_ok = reset_hwm()
+    base_rss = proc_status("VmRSS")
     t0 = time.perf_counter()
     multiscale_refine(model, image, mask, cfg)
     wall = time.perf_counter() - t0
-    hwm = _proc_status("VmHWM") if hwm_ok else None
-    growth = (hwm - base_rss) if (hwm is not None and base_rss is not None) else _maxrss_mib() - base_maxrss
+    hwm = proc_status("VmHWM") if hwm_ok else None
+    growth = (hwm - base_rss) if (hwm is not None and base_rss is not None) else maxrss_mib() - base_maxrss
     return {**spec, "seconds": wall, "growth_mib": growth, "base_rss_mib": base_rss}
 
 

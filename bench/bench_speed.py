@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -41,10 +40,13 @@ from common import (
     load_clip,
     load_mask_clip,
     mask_files,
+    maxrss_mib,
     md_table,
+    proc_status,
     read_frame,
     read_mask,
     require_data,
+    reset_hwm,
     set_threads,
     text_table,
 )
@@ -109,32 +111,6 @@ def flow_throughput(root: Path, pairs: int, repeats: int) -> dict[str, dict[str,
 # ----------------------------------------------------------------------------------------------
 
 
-def _proc_status(field: str) -> float | None:
-    """A ``VmXXX`` field of /proc/self/status in MiB, or None."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    """Reset the peak-RSS high-water mark (VmHWM) of this process (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _maxrss_mib() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
-
-
 def child(spec: dict) -> dict:
     """One propagate_fill measurement; spec = {"size": label, "frames": n}."""
     import keyframe_propagation.pipelines.propagate as prop
@@ -192,21 +168,21 @@ def child(spec: dict) -> dict:
     count[0] = 0
     frames, masks = clip(int(spec["frames"]))
     gc.collect()
-    base_maxrss = _maxrss_mib()
-    hwm_ok = _reset_hwm()
-    base_rss = _proc_status("VmRSS")
+    base_maxrss = maxrss_mib()
+    hwm_ok = reset_hwm()
+    base_rss = proc_status("VmRSS")
     t0 = time.perf_counter()
     c0 = time.process_time()
     prop.propagate_fill(frames, masks, sink=sink, estimator=est)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    hwm = _proc_status("VmHWM") if hwm_ok else None
+    hwm = proc_status("VmHWM") if hwm_ok else None
     return {
         "size": spec["size"],
         "frames": count[0],
         "seconds": wall,
         "cpu_seconds": cpu,
-        "maxrss_growth": _maxrss_mib() - base_maxrss,
+        "maxrss_growth": maxrss_mib() - base_maxrss,
         "hwm_growth": (hwm - base_rss) if (hwm is not None and base_rss is not None) else None,
         "base_rss": base_rss,
         "parts": {k: v.seconds for k, v in timers.items()} | {"reading": reading.seconds},

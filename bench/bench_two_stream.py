@@ -38,9 +38,11 @@ from common import (
     header,
     mask_files,
     md_table,
+    proc_status,
     read_frame,
     read_mask,
     require_data,
+    reset_hwm,
     set_threads,
     text_table,
 )
@@ -48,27 +50,6 @@ from common import (
 import keyframe_propagation.pipelines.two_stream_video as tsv
 from keyframe_propagation.pipelines.flow import FlowEstimator
 from keyframe_propagation.pipelines.two_stream import TwoStreamGenerator
-
-
-def _proc_status(field: str) -> float | None:
-    """A ``VmXXX`` field of /proc/self/status in MiB, or None."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    """Reset the peak-RSS high-water mark (VmHWM) of this process (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class _Timed:
@@ -154,12 +135,12 @@ def child(spec: dict) -> dict:
     gc.collect()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    hwm_ok = _reset_hwm()
-    base_rss = _proc_status("VmRSS")
+    hwm_ok = reset_hwm()
+    base_rss = proc_status("VmRSS")
     t0 = time.perf_counter()
     video = run(int(spec["frames"]))
     wall = time.perf_counter() - t0
-    hwm = _proc_status("VmHWM") if hwm_ok else None
+    hwm = proc_status("VmHWM") if hwm_ok else None
     return {
         **spec,
         "frames_done": count[0],

@@ -234,3 +234,38 @@ class Stopwatch:
     def __exit__(self, *exc: object) -> None:
         self.seconds += time.perf_counter() - self._t0
         self.calls += 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Peak-memory probes (Linux /proc; used by the memory measurements in fresh subprocesses)
+# ----------------------------------------------------------------------------------------------
+
+
+def proc_status(field: str) -> float | None:
+    """A ``VmXXX`` field of /proc/self/status in MiB, or None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_hwm() -> bool:
+    """Reset the peak-RSS high-water mark (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def maxrss_mib() -> float:
+    """This process's peak RSS (ru_maxrss) in MiB."""
+    import resource
+    import sys
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
