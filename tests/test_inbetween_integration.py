@@ -8,9 +8,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 import pytest
-import torch
 from conftest import COMFYUI_PATH, DATA, REPO, comfyui_available
 from PIL import Image
 
@@ -26,45 +24,11 @@ PAIR = DATA / "svd_kf_pair_720p"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from test_integration import PACK_DIR_NAME, Server
+    from comfy_fixtures import add_inbetween, new_base
+    from test_integration import Server
 
-    from keyframe_propagation.pipelines.svd.loading import extract_reverse_delta
-    from keyframe_propagation.pipelines.svd.tiny import build_svd_folder
-
-    base = tmp_path_factory.mktemp("comfy_svd")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
-    models = base / "models"
-    build_svd_folder(models / "diffusers" / "stable-video-diffusion-img2vid-xt", seed=0)
-    # A "released" reverse UNet: the img2vid base with its 32 temporal V/O weights changed.
-    img2vid = build_svd_folder(base / "img2vid", seed=1)
-    from diffusers import UNetSpatioTemporalConditionModel
-
-    unet = UNetSpatioTemporalConditionModel.from_pretrained(img2vid, subfolder="unet")
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if "temporal_transformer_blocks.0.attn1" in name and name.endswith(
-                ("to_v.weight", "to_out.0.weight")
-            ):
-                p.add_(torch.randn_like(p) * 0.1)
-    unet.save_pretrained(base / "released" / "unet")
-    (models / "reverse_motion").mkdir(parents=True)
-    extract_reverse_delta(
-        base / "released", img2vid, models / "reverse_motion" / "svd_reverse_motion_delta.safetensors", "fp32"
-    )
-    inp = base / "input"
-    inp.mkdir()
-    for name, fallback in (("start", 0), ("end", 1)):
-        src = PAIR / f"{name}.png"
-        if src.is_file():
-            Image.open(src).convert("RGB").resize((256, 144)).save(
-                inp / f"inbetween_{'first' if fallback == 0 else 'last'}.png"
-            )
-        else:
-            rng = np.random.default_rng(fallback)
-            Image.fromarray(rng.integers(0, 255, (144, 256, 3), dtype=np.uint8)).save(
-                inp / f"inbetween_{'first' if fallback == 0 else 'last'}.png"
-            )
+    base = new_base(tmp_path_factory.mktemp("comfy_svd"))
+    add_inbetween(base)
     srv = Server(base)
     srv.start()
     yield srv

@@ -15,7 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import COMFYUI_PATH, DATA, REPO, comfyui_available
+from comfy_fixtures import PACK_DIR_NAME, TENNIS, add_demo_clip, new_base
+from conftest import COMFYUI_PATH, REPO, comfyui_available
 
 from keyframe_propagation.comfy_client import ComfyClient, ui_to_api
 from keyframe_propagation.pipelines.progress import PipelineError
@@ -25,9 +26,7 @@ pytestmark = [
     pytest.mark.skipif(not comfyui_available(), reason=f"no ComfyUI checkout at {COMFYUI_PATH}"),
 ]
 
-PACK_DIR_NAME = "comfyui-keyframe-propagation"
 NODE_IDS = ["KFP_LoadKeyframes", "KFP_FlowEstimate", "KFP_TwoStreamInpaint"]
-TENNIS = DATA / "davis_tennis_240p"
 
 
 def _free_port() -> int:
@@ -93,14 +92,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
-    demo = base / "input" / "keyframe_demo"
-    demo.mkdir(parents=True)
-    if TENNIS.is_dir():
-        (demo / "frames").symlink_to(TENNIS / "frames", target_is_directory=True)
-        (demo / "masks").symlink_to(TENNIS / "masks", target_is_directory=True)
+    base = new_base(tmp_path_factory.mktemp("comfy_base"))
+    add_demo_clip(base)
     srv = Server(base)
     srv.start()
     yield srv
@@ -142,6 +135,20 @@ def test_template_and_api_copy_are_served(server):
     assert {n["type"] for n in ui["nodes"]} >= set(NODE_IDS)
     api = server.get(f"/api/workflow_templates/{PACK_DIR_NAME}/api/remove_object_api.json")
     assert {v["class_type"] for v in api.values()} >= set(NODE_IDS)
+
+
+def test_every_template_has_a_thumbnail_and_notes(server):
+    """The template browser shows <name>.jpg next to <name>.json; each workflow explains itself."""
+    names = server.get("/api/workflow_templates")[PACK_DIR_NAME]
+    assert sorted(names) == sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+    for name in names:
+        with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{PACK_DIR_NAME}/{name}.jpg") as r:
+            assert r.headers["Content-Type"] == "image/jpeg"
+            assert r.read(3) == b"\xff\xd8\xff"
+        ui = server.get(f"/api/workflow_templates/{PACK_DIR_NAME}/{name}.json")
+        notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+        text = "\n".join(notes)
+        assert "input" in text or "models/" in text, f"{name}: the note does not say what to change"
 
 
 def test_ui_template_converts_to_the_shipped_api_copy(object_info):

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from conftest import COMFYUI_PATH, REPO, comfyui_available
 from PIL import Image
 
@@ -21,23 +20,11 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from test_integration import PACK_DIR_NAME, Server
+    from comfy_fixtures import add_refine, new_base
+    from test_integration import Server
 
-    from keyframe_propagation.pipelines.lama import LamaConfig, random_lama
-
-    base = tmp_path_factory.mktemp("comfy_refine")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
-    (base / "models" / "inpaint").mkdir(parents=True)
-    tiny = random_lama(LamaConfig(ngf=8, n_blocks=2), seed=1).eval()
-    torch.jit.trace(tiny, torch.rand(1, 4, 32, 32)).save(str(base / "models" / "inpaint" / "big-lama.pt"))
-    (base / "input").mkdir()
-    rng = np.random.default_rng(0)
-    img = (rng.random((192, 256, 3)) * 255).astype(np.uint8)
-    Image.fromarray(img).save(base / "input" / "refine_image.png")
-    mask = np.zeros((192, 256, 3), np.uint8)
-    mask[60:120, 80:180] = 255
-    Image.fromarray(mask).save(base / "input" / "refine_mask.png")
+    base = new_base(tmp_path_factory.mktemp("comfy_refine"))
+    add_refine(base)
     srv = Server(base)
     srv.start()
     yield srv

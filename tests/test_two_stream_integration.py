@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from conftest import COMFYUI_PATH, REPO, comfyui_available
 from PIL import Image
 
 from keyframe_propagation.comfy_client import ComfyClient
 from keyframe_propagation.pipelines.progress import PipelineError
 from keyframe_propagation.pipelines.synthetic import make_clip
-from keyframe_propagation.pipelines.two_stream import TwoStreamGenerator
-from keyframe_propagation.pipelines.two_stream_io import save_two_stream
 
 pytestmark = [
     pytest.mark.integration,
@@ -27,17 +24,11 @@ N_FRAMES = 8
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from test_integration import PACK_DIR_NAME, Server
+    from comfy_fixtures import add_two_stream, new_base
+    from test_integration import Server
 
-    base = tmp_path_factory.mktemp("comfy_two_stream")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
-    models = base / "models" / "two_stream"
-    models.mkdir(parents=True)
-    torch.manual_seed(0)
-    save_two_stream(TwoStreamGenerator("tiny").eval(), models / "tiny.safetensors")
-    # The example workflow's file name, holding the tiny model (the config is read from the shapes).
-    (models / "ours_big.safetensors").write_bytes((models / "tiny.safetensors").read_bytes())
+    base = new_base(tmp_path_factory.mktemp("comfy_two_stream"))
+    models = add_two_stream(base)
     (models / "broken.ckpt").write_bytes(b"\x00" * 64)
     clip = make_clip(num_frames=N_FRAMES, height=48, width=64, seed=12)
     for sub in ("frames", "masks"):

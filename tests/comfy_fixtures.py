@@ -1,0 +1,105 @@
+"""What the example workflows need in a ComfyUI base directory, built by the tests (no download).
+
+Each ``add_*`` puts inputs and tiny random models with the real formats under the names the templates
+use; the integration and browser tests combine them in a temporary ``--base-directory``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import DATA, REPO
+from PIL import Image
+
+PACK_DIR_NAME = "comfyui-keyframe-propagation"
+TENNIS = DATA / "davis_tennis_240p"
+SVD_PAIR = DATA / "svd_kf_pair_720p"
+
+
+def new_base(base: Path) -> Path:
+    """An empty base directory with the pack linked into custom_nodes/."""
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / PACK_DIR_NAME
+    if not link.exists():
+        link.symlink_to(REPO, target_is_directory=True)
+    return base
+
+
+def add_demo_clip(base: Path) -> bool:
+    """input/keyframe_demo/{frames,masks}: the real DAVIS tennis clip (70 frames), when present."""
+    demo = base / "input" / "keyframe_demo"
+    demo.mkdir(parents=True, exist_ok=True)
+    if not TENNIS.is_dir():
+        return False
+    for sub in ("frames", "masks"):
+        if not (demo / sub).exists():
+            (demo / sub).symlink_to(TENNIS / sub, target_is_directory=True)
+    return True
+
+
+def add_two_stream(base: Path, seed: int = 0) -> Path:
+    """models/two_stream/tiny.safetensors, also under the template's name ours_big.safetensors."""
+    from keyframe_propagation.pipelines.two_stream import TwoStreamGenerator
+    from keyframe_propagation.pipelines.two_stream_io import save_two_stream
+
+    models = base / "models" / "two_stream"
+    models.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    save_two_stream(TwoStreamGenerator("tiny").eval(), models / "tiny.safetensors")
+    # The example workflow's file name, holding the tiny model (the config is read from the shapes).
+    (models / "ours_big.safetensors").write_bytes((models / "tiny.safetensors").read_bytes())
+    return models
+
+
+def add_refine(base: Path) -> None:
+    """models/inpaint/big-lama.pt (a tiny LaMa as TorchScript) and input/refine_{image,mask}.png."""
+    from keyframe_propagation.pipelines.lama import LamaConfig, random_lama
+
+    (base / "models" / "inpaint").mkdir(parents=True, exist_ok=True)
+    tiny = random_lama(LamaConfig(ngf=8, n_blocks=2), seed=1).eval()
+    torch.jit.trace(tiny, torch.rand(1, 4, 32, 32)).save(str(base / "models" / "inpaint" / "big-lama.pt"))
+    (base / "input").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    img = (rng.random((192, 256, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(base / "input" / "refine_image.png")
+    mask = np.zeros((192, 256, 3), np.uint8)
+    mask[60:120, 80:180] = 255
+    Image.fromarray(mask).save(base / "input" / "refine_mask.png")
+
+
+def add_inbetween(base: Path) -> None:
+    """A tiny SVD folder under the template's name, a compact reverse-motion delta extracted from a
+    "released" reverse UNet (the img2vid base with its 32 temporal V/O weights changed), and the two
+    keyframes input/inbetween_{first,last}.png (the real pair when present)."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    from keyframe_propagation.pipelines.svd.loading import extract_reverse_delta
+    from keyframe_propagation.pipelines.svd.tiny import build_svd_folder
+
+    models = base / "models"
+    build_svd_folder(models / "diffusers" / "stable-video-diffusion-img2vid-xt", seed=0)
+    img2vid = build_svd_folder(base / "img2vid", seed=1)
+    unet = UNetSpatioTemporalConditionModel.from_pretrained(img2vid, subfolder="unet")
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "temporal_transformer_blocks.0.attn1" in name and name.endswith(
+                ("to_v.weight", "to_out.0.weight")
+            ):
+                p.add_(torch.randn_like(p) * 0.1)
+    unet.save_pretrained(base / "released" / "unet")
+    (models / "reverse_motion").mkdir(parents=True, exist_ok=True)
+    extract_reverse_delta(
+        base / "released", img2vid, models / "reverse_motion" / "svd_reverse_motion_delta.safetensors", "fp32"
+    )
+    inp = base / "input"
+    inp.mkdir(exist_ok=True)
+    for src_name, dst_name, seed in (("start", "first", 0), ("end", "last", 1)):
+        src = SVD_PAIR / f"{src_name}.png"
+        if src.is_file():
+            img = Image.open(src).convert("RGB").resize((256, 144))
+        else:
+            rng = np.random.default_rng(seed)
+            img = Image.fromarray(rng.integers(0, 255, (144, 256, 3), dtype=np.uint8))
+        img.save(inp / f"inbetween_{dst_name}.png")
