@@ -9,6 +9,7 @@ from .flow import FlowEstimate
 from .inbetween import NODE_LIST as INBETWEEN_NODES
 from .inpaint import TwoStreamInpaint
 from .keyframes import LoadKeyframes
+from .preview import register_routes
 from .refine import NODE_LIST as REFINE_NODES
 from .two_stream import NODE_LIST as TWO_STREAM_NODES
 
@@ -25,7 +26,10 @@ NODES: list[type[io.ComfyNode]] = [
 class KeyframePropagationExtension(ComfyExtension):
     async def on_load(self) -> None:
         register_model_folders()
+        register_routes()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.x calls only this at start-up (before the server adds its routes).
         register_model_folders()
+        register_routes()
         return NODES

@@ -6,6 +6,7 @@ Everything that touches ComfyUI lives in ``nodes/``; the maths is in ``pipelines
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import folder_paths
 from comfy_api.latest import io
@@ -59,21 +60,57 @@ def model_files(folder: str, allow_none: bool = False) -> list[str]:
 
 
 def comfy_progress(node_total: int = 100) -> ProgressFn:
-    """Adapt a pipeline's ``progress(done, total, text)`` to ComfyUI: progress bar and Cancel.
+    """Adapt a pipeline's ``progress(done, total, text)`` to ComfyUI: progress bar, text and Cancel.
 
     ComfyUI's interrupt check raises when the user presses Cancel; raising from the callback stops
-    the pipeline between frames.
+    the pipeline between frames. The pipeline's text ("chunk 2/5", "step 3/25") is shown on the
+    running node (ComfyUI's progress-text message) when it changes.
     """
     import comfy.model_management
     import comfy.utils
 
     bar = comfy.utils.ProgressBar(node_total)
+    send_text = _progress_text_sender()
+    last = [""]
 
     def _cb(done: int, total: int, text: str = "") -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         bar.update_absolute(done, total)
+        if text and text != last[0] and send_text is not None:
+            last[0] = text
+            send_text(text)
 
     return _cb
+
+
+def _progress_text_sender() -> Callable[[str], None] | None:
+    """A function showing a text on the running node, or None outside a prompt (tests, CLI)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return None
+    node_id = current_node_id()
+    server = getattr(PromptServer, "instance", None)
+    if node_id is None or server is None or not hasattr(server, "send_progress_text"):
+        return None  # outside a prompt, or an older ComfyUI: the bar alone
+
+    def send(text: str) -> None:
+        try:
+            server.send_progress_text(text, node_id)
+        except Exception:  # the text is a nicety: never fail the node for it
+            pass
+
+    return send
+
+
+def current_node_id() -> str | None:
+    """The running node's id in the graph (None outside a prompt)."""
+    try:
+        from comfy_execution.utils import get_executing_context
+    except ImportError:
+        return None
+    ctx = get_executing_context()
+    return None if ctx is None else str(ctx.node_id)
 
 
 def input_roots() -> list[str]:
@@ -89,6 +126,7 @@ __all__ = [
     "PipelineError",
     "TwoStreamModel",
     "comfy_progress",
+    "current_node_id",
     "input_roots",
     "model_files",
     "register_model_folders",

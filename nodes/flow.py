@@ -9,6 +9,7 @@ from comfy_api.latest import io
 from ..pipelines.flow import FlowEstimator, compute_flows, flow_to_color
 from ..pipelines.progress import PipelineError
 from .common import CATEGORY, NO_MODEL, Flow, Keyframes, comfy_progress, model_files
+from .preview import flow_ui
 
 
 class FlowEstimate(io.ComfyNode):
@@ -18,6 +19,8 @@ class FlowEstimate(io.ComfyNode):
             node_id="KFP_FlowEstimate",
             display_name="Flow Estimate",
             category=CATEGORY,
+            # An output node: its preview is shown again when ComfyUI reuses the cached result.
+            is_output_node=True,
             description=(
                 "Forward and backward optical flow between consecutive frames (and, on request, between "
                 "each frame and the keyframes), their forward-backward consistency, and flow completed "
@@ -158,9 +161,10 @@ class FlowEstimate(io.ComfyNode):
         )
         preview = flow_to_color(flows.forward)
         occlusion = (flows.fb_error_forward > occlusion_threshold).float()
+        shown = flow_ui(cls, flows.forward, occlusion)
         # The FLOW object lives as long as ComfyUI caches it: keep the whole clip's consecutive flows
         # in fp16 (half the memory; 0.06 px steps at 100 px). Readers go through flow_pair, which
         # returns float32. Keyframe pairs stay float32 for the model.
         for name in ("forward", "backward", "fb_error_forward", "fb_error_backward"):
             setattr(flows, name, getattr(flows, name).half())
-        return io.NodeOutput(flows, preview, occlusion)
+        return io.NodeOutput(flows, preview, occlusion, ui=shown)

@@ -19,6 +19,7 @@ from comfy_api.latest import io, ui
 
 from ..pipelines.progress import PipelineError
 from .common import CATEGORY, NO_MODEL, Keyframes, comfy_progress
+from .preview import clip_preview
 
 log = logging.getLogger("keyframe_propagation")
 
@@ -215,6 +216,8 @@ class DualDirectionalSampler(io.ComfyNode):
             node_id="KFP_DualDirectionalSampler",
             display_name="Dual-Directional Sampler",
             category=CATEGORY,
+            # An output node: its preview is shown again when ComfyUI reuses the cached result.
+            is_output_node=True,
             description=(
                 "Generates the frames between keyframes: SVD runs forward from the first keyframe and the "
                 "reverse-motion model backward from the last, sharing temporal attention maps, and the two "
@@ -409,7 +412,7 @@ class DualDirectionalSampler(io.ComfyNode):
             m.to(offload_device)  # give the memory back to ComfyUI between runs
             mm.soft_empty_cache()
         latent = {"samples": result.latents / m.vae.config.scaling_factor}
-        return io.NodeOutput(result.frames, latent)
+        return io.NodeOutput(result.frames, latent, ui=clip_preview(cls, result.frames, fps=float(fps)))
 
 
 def _segments(

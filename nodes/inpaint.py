@@ -15,6 +15,7 @@ from ..pipelines.progress import PipelineError
 from ..pipelines.propagate import PropagationConfig, propagate_fill
 from ..pipelines.two_stream_video import TwoStreamVideoConfig, parse_offsets, remove_with_model
 from .common import CATEGORY, Flow, Keyframes, TwoStreamModel, comfy_progress
+from .preview import clip_preview
 
 
 class TwoStreamInpaint(io.ComfyNode):
@@ -24,6 +25,8 @@ class TwoStreamInpaint(io.ComfyNode):
             node_id="KFP_TwoStreamInpaint",
             display_name="Two-Stream Inpaint",
             category=CATEGORY,
+            # An output node: its preview is shown again when ComfyUI reuses the cached result.
+            is_output_node=True,
             description=(
                 "Removes the masked region from every frame. Without a model: each hole pixel is taken "
                 "from the nearest frames where it is visible (edited keyframes first) by following "
@@ -172,7 +175,7 @@ class TwoStreamInpaint(io.ComfyNode):
                 propagation=cfg,
             )
             out, unseen = _run_model(model, images[..., :3], masks, edited, flow, video_cfg)
-            return io.NodeOutput(out, unseen)
+            return io.NodeOutput(out, unseen, ui=clip_preview(cls, out, fps=_fps(keyframes)))
         out, unseen = propagate_fill(
             images[..., :3],
             masks,
@@ -182,7 +185,11 @@ class TwoStreamInpaint(io.ComfyNode):
             config=cfg,
             progress=comfy_progress(),
         )
-        return io.NodeOutput(out, unseen)
+        return io.NodeOutput(out, unseen, ui=clip_preview(cls, out, fps=_fps(keyframes)))
+
+
+def _fps(keyframes) -> float:
+    return float(getattr(keyframes, "fps", 0.0) or 0.0)
 
 
 # Rough activation memory of one model pass per working pixel and keyframe (fp32), used to ask ComfyUI

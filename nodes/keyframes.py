@@ -9,7 +9,8 @@ from comfy_api.latest import io, ui
 
 from ..pipelines import frames as fr
 from ..pipelines.types import Keyframes as KeyframesData
-from .common import CATEGORY, Keyframes, comfy_progress, input_roots
+from .common import CATEGORY, Keyframes, comfy_progress, current_node_id, input_roots
+from .preview import filmstrip_ui
 
 log = logging.getLogger("keyframe_propagation")
 
@@ -21,6 +22,8 @@ class LoadKeyframes(io.ComfyNode):
             node_id="KFP_LoadKeyframes",
             display_name="Load Keyframes",
             category=CATEGORY,
+            # An output node: its preview is shown again when ComfyUI reuses the cached result.
+            is_output_node=True,
             description=(
                 "Loads a clip (frame folder, video file or IMAGE batch), its masks (1 = region to fill) "
                 "and the keyframe indices that the other nodes of the pack propagate from."
@@ -217,4 +220,8 @@ class LoadKeyframes(io.ComfyNode):
         summary = f"{T} frames {kf.size[1]}x{kf.size[0]} from {clip.source}; keyframes {idx}" + (
             f"; edited {edited}" if edited else ""
         )
-        return io.NodeOutput(out_frames, m, kf, ui=ui.PreviewText("\n".join([summary, *notes])))
+        shown = {
+            **ui.PreviewText("\n".join([summary, *notes])).as_dict(),
+            **filmstrip_ui(out_frames, m, idx, clip.source, current_node_id()),
+        }
+        return io.NodeOutput(out_frames, m, kf, ui=shown)

@@ -25,8 +25,9 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def comfy_nodes():
-    """The pack's node module, imported with ComfyUI's API on sys.path (no server)."""
+def comfy_nodes(tmp_path_factory):
+    """The pack's node module, imported with ComfyUI's API on sys.path (no server). Previews the nodes
+    save go to a temporary folder, not into the checkout's temp/."""
     if not comfyui_available():
         pytest.skip(f"no ComfyUI checkout at {COMFYUI_PATH} (set COMFYUI_PATH)")
     if str(COMFYUI_PATH) not in sys.path:
@@ -38,6 +39,9 @@ def comfy_nodes():
         import comfy_api.latest  # noqa: F401
     except Exception as e:  # ComfyUI's requirements missing
         pytest.skip(f"ComfyUI at {COMFYUI_PATH} does not import: {e}")
+    import folder_paths
+
+    folder_paths.set_temp_directory(str(tmp_path_factory.mktemp("comfy_temp")))
     import keyframe_propagation.nodes as nodes
 
     return nodes

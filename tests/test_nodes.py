@@ -72,6 +72,15 @@ def test_load_keyframes_folder(input_dir, comfy_nodes, clip):
     assert torch.equal(masks, clip.masks)
     assert kf.indices == [0, 9] and kf.size == (96, 160) and kf.num_frames == 10
     assert kf.names[0] == "00000"
+    # The filmstrip for the editor: kept on the server, one picture per frame, hole tinted.
+    meta = out.ui["kfp_filmstrip"][0]
+    assert meta["num_frames"] == 10 and meta["keyframes"] == [0, 9] and meta["frames"] == list(range(10))
+    from keyframe_propagation.nodes.preview import FILMSTRIPS
+
+    jpeg = FILMSTRIPS.picture(meta["run"], 3)
+    img = np.asarray(Image.open(__import__("io").BytesIO(jpeg)))
+    assert img.shape == (meta["height"], meta["width"], 3)
+    assert "10 frames" in out.ui["text"][0]
     # Selection, resize and edited keyframes together.
     edited = torch.zeros(1, 48, 80, 3)
     args |= {"every_nth": 2, "width": 80, "height": 0, "keyframes": "1", "edited_keyframes": edited}
@@ -117,15 +126,17 @@ def test_load_keyframes_from_image_and_mask_inputs(input_dir, comfy_nodes, clip)
 
 def test_flow_then_inpaint_nodes(comfy_nodes, clip):
     flow_node, inpaint = comfy_nodes.FlowEstimate, comfy_nodes.TwoStreamInpaint
-    flow, preview, occ = flow_node.execute(
-        **_defaults(flow_node) | {"images": clip.frames, "masks": clip.masks}
-    ).result
+    flow_out = flow_node.execute(**_defaults(flow_node) | {"images": clip.frames, "masks": clip.masks})
+    flow, preview, occ = flow_out.result
+    _assert_animated_preview(flow_out.ui, frames=9, size=(96, 160 * 2 + 4))
     assert flow.num_frames == 10 and preview.shape == (9, 96, 160, 3) and occ.shape == (9, 96, 160)
     assert flow.forward.dtype == torch.float16  # the clip's flow is kept compact
     assert 0.0 <= float(preview.min()) and float(preview.max()) <= 1.0
-    filled, unseen = inpaint.execute(
+    inpaint_out = inpaint.execute(
         **_defaults(inpaint) | {"images": clip.frames, "masks": clip.masks, "flow": flow}
-    ).result
+    )
+    filled, unseen = inpaint_out.result
+    _assert_animated_preview(inpaint_out.ui, frames=10, size=(96, 160))
     assert filled.shape == clip.frames.shape and unseen.shape == clip.masks.shape
     known = clip.masks < 0.5
     assert torch.equal(filled[known], clip.frames[known])
@@ -133,6 +144,20 @@ def test_flow_then_inpaint_nodes(comfy_nodes, clip):
 
     telea = torch.stack([telea_fill(f, m) for f, m in zip(clip.frames, clip.masks)])
     assert psnr_in_mask(filled, clip.truth, clip.masks) > psnr_in_mask(telea, clip.truth, clip.masks) + 3.0
+
+
+def _assert_animated_preview(shown: dict, frames: int, size: tuple[int, int]) -> None:
+    """A node's ui: one looping WebP in ComfyUI's temp folder with ``frames`` frames of ``size``."""
+    import os
+
+    import folder_paths
+
+    assert shown["animated"] == (True,) and len(shown["images"]) == 1
+    saved = shown["images"][0]
+    assert saved["type"] == "temp"
+    path = os.path.join(folder_paths.get_temp_directory(), saved["subfolder"], saved["filename"])
+    with Image.open(path) as im:
+        assert im.format == "WEBP" and im.n_frames == frames and im.size == (size[1], size[0])
 
 
 def test_inpaint_node_input_errors(comfy_nodes, clip):
@@ -173,3 +198,29 @@ def test_progress_bar_receives_updates(comfy_nodes, clip, monkeypatch):
     node.execute(**_defaults(node) | {"images": clip.frames, "masks": clip.masks})
     assert seen and seen[-1] == (10, 10)
     assert [v for v, _ in seen] == sorted(v for v, _ in seen)
+
+
+def test_progress_text_is_sent_to_the_running_node(comfy_nodes, clip, monkeypatch):
+    """Inside a prompt, the pipeline's text ("chunk 1/1") reaches ComfyUI's progress-text message."""
+    import sys
+    import types
+
+    from comfy_execution.utils import CurrentNodeContext
+
+    sent = []
+
+    class PromptServer:  # ComfyUI's server module is not importable outside a running ComfyUI
+        def send_progress_text(self, text, node_id, sid=None):
+            sent.append((node_id, text))
+
+    PromptServer.instance = PromptServer()
+    monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=PromptServer))
+    node = comfy_nodes.TwoStreamInpaint
+    with CurrentNodeContext("prompt", "7"):
+        node.execute(**_defaults(node) | {"images": clip.frames, "masks": clip.masks})
+    assert sent and all(node_id == "7" for node_id, _ in sent)
+    assert any(text.startswith("chunk 1/") for _, text in sent)
+    assert len(sent) == len({t for _, t in sent})  # only changes are sent
+    sent.clear()
+    node.execute(**_defaults(node) | {"images": clip.frames, "masks": clip.masks})
+    assert not sent  # outside a prompt: the bar alone

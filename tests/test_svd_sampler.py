@@ -254,7 +254,13 @@ def test_progress_per_fused_step_and_cancel(model):
     inbetween(model, a, b, s, progress=lambda d, t, txt: calls.append((d, t, txt)))
     # 2 steps + 1 x 2 re-injections, then 2 decode chunks of 3 and 1 frames.
     assert [c[0] for c in calls] == [1, 2, 3, 4, 5, 6] and {c[1] for c in calls} == {6}
-    assert "re-injection" in calls[1][2] and "decode" in calls[-1][2]
+    assert [c[2] for c in calls[:4]] == [
+        "denoising step 1/2",
+        "denoising step 1/2, re-injection 1/2",
+        "denoising step 1/2, re-injection 2/2",
+        "denoising step 2/2",
+    ]
+    assert "decode" in calls[-1][2]
 
     class Cancel(Exception):
         pass

@@ -372,7 +372,10 @@ def sample_latents(
                 z = scheduler.step(eps, t, z, return_dict=False)[0]
                 done += 1
                 report(
-                    progress, done, total, f"step {i + 1}/{s.steps}" + (f", re-injection {r}" if r else "")
+                    progress,
+                    done,
+                    total,
+                    f"denoising step {i + 1}/{s.steps}" + (f", re-injection {r}/{repeats - 1}" if r else ""),
                 )
     if off is not None:
         model.place("unet", off)
