@@ -41,28 +41,28 @@ def remove_object_spec() -> list[dict[str, Any]]:
         {
             "id": 1,
             "type": "KFP_LoadKeyframes",
-            "pos": [40, 120],
-            "size": [340, 420],
+            "pos": [40, 60],
+            "size": [380, 720],
             "widgets": {"frames": "keyframe_demo/frames", "masks": "keyframe_demo/masks", "keyframes": "0"},
         },
         {
             "id": 2,
             "type": "KFP_FlowEstimate",
-            "pos": [430, 60],
-            "size": [320, 330],
+            "pos": [460, 60],
+            "size": [340, 520],
             "links": {"images": (1, 0), "masks": (1, 1)},
         },
         {
             "id": 3,
             "type": "KFP_TwoStreamInpaint",
-            "pos": [800, 120],
-            "size": [340, 420],
+            "pos": [840, 60],
+            "size": [360, 600],
             "links": {"images": (1, 0), "masks": (1, 1), "keyframes": (1, 2), "flow": (2, 0)},
         },
         {
             "id": 4,
             "type": "SaveImage",
-            "pos": [1190, 60],
+            "pos": [1240, 60],
             "size": [320, 300],
             "widgets": {"filename_prefix": "keyframe_propagation/removed"},
             "links": {"images": (3, 0)},
@@ -70,7 +70,7 @@ def remove_object_spec() -> list[dict[str, Any]]:
         {
             "id": 5,
             "type": "CreateVideo",
-            "pos": [1190, 400],
+            "pos": [1240, 400],
             "size": [270, 80],
             "widgets": {"fps": 24.0},
             "links": {"images": (3, 0)},
@@ -78,13 +78,12 @@ def remove_object_spec() -> list[dict[str, Any]]:
         {
             "id": 6,
             "type": "SaveVideo",
-            "pos": [1500, 400],
+            "pos": [1540, 400],
             "size": [320, 300],
             "widgets": {"filename_prefix": "keyframe_propagation/removed", "format": "mp4", "codec": "h264"},
             "links": {"video": (5, 0)},
         },
-        {"id": 7, "type": "PreviewImage", "pos": [800, 580], "size": [320, 260], "links": {"images": (2, 1)}},
-        {"id": 8, "type": "MarkdownNote", "pos": [40, 580], "size": [700, 330], "note": REMOVE_OBJECT_NOTE},
+        {"id": 8, "type": "MarkdownNote", "pos": [40, 820], "size": [760, 330], "note": REMOVE_OBJECT_NOTE},
     ]
 
 
@@ -249,14 +248,14 @@ def inbetween_spec() -> list[dict[str, Any]]:
             "id": 4,
             "type": "KFP_DualDirectionalSampler",
             "pos": [820, 60],
-            "size": [360, 560],
+            "size": [380, 860],
             "widgets": {"num_frames": 25, "width": 1024, "height": 576, "steps": 50, "seed": 42},
             "links": {"model": (3, 0), "first_frame": (1, 0), "last_frame": (2, 0)},
         },
         {
             "id": 5,
             "type": "SaveImage",
-            "pos": [1220, 60],
+            "pos": [1240, 60],
             "size": [320, 300],
             "widgets": {"filename_prefix": "keyframe_propagation/inbetween"},
             "links": {"images": (4, 0)},
@@ -264,7 +263,7 @@ def inbetween_spec() -> list[dict[str, Any]]:
         {
             "id": 6,
             "type": "CreateVideo",
-            "pos": [1220, 400],
+            "pos": [1240, 400],
             "size": [270, 80],
             "widgets": {"fps": 7.0},
             "links": {"images": (4, 0)},
@@ -272,7 +271,7 @@ def inbetween_spec() -> list[dict[str, Any]]:
         {
             "id": 7,
             "type": "SaveVideo",
-            "pos": [1520, 400],
+            "pos": [1540, 400],
             "size": [320, 300],
             "widgets": {
                 "filename_prefix": "keyframe_propagation/inbetween",
@@ -281,7 +280,7 @@ def inbetween_spec() -> list[dict[str, Any]]:
             },
             "links": {"video": (6, 0)},
         },
-        {"id": 8, "type": "MarkdownNote", "pos": [380, 660], "size": [760, 360], "note": INBETWEEN_NOTE},
+        {"id": 8, "type": "MarkdownNote", "pos": [40, 960], "size": [760, 360], "note": INBETWEEN_NOTE},
     ]
 
 
@@ -304,30 +303,30 @@ def remove_object_two_stream_spec() -> list[dict[str, Any]]:
         {
             "id": 1,
             "type": "KFP_LoadKeyframes",
-            "pos": [40, 120],
-            "size": [340, 420],
+            "pos": [40, 60],
+            "size": [380, 720],
             "widgets": {"frames": "keyframe_demo/frames", "masks": "keyframe_demo/masks", "keyframes": "0"},
         },
         {
             "id": 2,
             "type": "KFP_TwoStreamModelLoader",
-            "pos": [430, 520],
-            "size": [320, 110],
+            "pos": [460, 640],
+            "size": [340, 110],
             "widgets": {"model_name": "ours_big.safetensors", "dtype": "fp16"},
         },
         {
             "id": 3,
             "type": "KFP_FlowEstimate",
-            "pos": [430, 60],
-            "size": [320, 400],
+            "pos": [460, 60],
+            "size": [340, 540],
             "widgets": {"work_width": 256, "work_height": 256},
             "links": {"images": (1, 0), "masks": (1, 1)},
         },
         {
             "id": 4,
             "type": "KFP_TwoStreamInpaint",
-            "pos": [800, 120],
-            "size": [340, 460],
+            "pos": [840, 60],
+            "size": [360, 640],
             "links": {
                 "images": (1, 0),
                 "masks": (1, 1),
@@ -339,7 +338,7 @@ def remove_object_two_stream_spec() -> list[dict[str, Any]]:
         {
             "id": 5,
             "type": "SaveImage",
-            "pos": [1190, 60],
+            "pos": [1240, 60],
             "size": [320, 300],
             "widgets": {"filename_prefix": "keyframe_propagation/removed_two_stream"},
             "links": {"images": (4, 0)},
@@ -347,7 +346,7 @@ def remove_object_two_stream_spec() -> list[dict[str, Any]]:
         {
             "id": 6,
             "type": "CreateVideo",
-            "pos": [1190, 400],
+            "pos": [1240, 400],
             "size": [270, 80],
             "widgets": {"fps": 24.0},
             "links": {"images": (4, 0)},
@@ -355,7 +354,7 @@ def remove_object_two_stream_spec() -> list[dict[str, Any]]:
         {
             "id": 7,
             "type": "SaveVideo",
-            "pos": [1500, 400],
+            "pos": [1540, 400],
             "size": [320, 300],
             "widgets": {
                 "filename_prefix": "keyframe_propagation/removed_two_stream",
@@ -364,7 +363,7 @@ def remove_object_two_stream_spec() -> list[dict[str, Any]]:
             },
             "links": {"video": (6, 0)},
         },
-        {"id": 8, "type": "MarkdownNote", "pos": [40, 600], "size": [700, 360], "note": TWO_STREAM_NOTE},
+        {"id": 8, "type": "MarkdownNote", "pos": [40, 820], "size": [760, 360], "note": TWO_STREAM_NOTE},
     ]
 
 
@@ -432,13 +431,45 @@ EXAMPLES = {
 }
 
 
+# Screenshots (1600x1000, from tests/test_browser.py): the graph canvas without the editor's side bar
+# and top bars.
+CANVAS_BOX = (64, 80, 1600, 1000)
+DOCS = ROOT / "docs" / "screenshots"
+
+
+def write_pictures(shots: Path) -> None:
+    """Template thumbnails (example_workflows/<name>.jpg, what the template browser shows) and the
+    README's screenshots (docs/screenshots/) from the browser test's screenshots in ``shots``."""
+    from PIL import Image
+
+    DOCS.mkdir(parents=True, exist_ok=True)
+    for png in sorted(shots.glob("*.png")):
+        canvas = Image.open(png).convert("RGB").crop(CANVAS_BOX)
+        if png.stem in EXAMPLES:
+            thumb = canvas.resize((512, round(512 * canvas.height / canvas.width)), Image.LANCZOS)
+            thumb.save(WORKFLOWS / f"{png.stem}.jpg", quality=85)
+        canvas.resize((1200, round(1200 * canvas.height / canvas.width)), Image.LANCZOS).save(
+            DOCS / f"{png.stem}.jpg", quality=80
+        )
+        print("pictures of", png.stem)
+
+
 def main() -> None:
     import sys
 
     sys.path.insert(0, str(ROOT.parent))
     p = argparse.ArgumentParser()
     p.add_argument("--server", default="http://127.0.0.1:8188")
+    p.add_argument(
+        "--pictures",
+        type=Path,
+        help="only make the template thumbnails and README screenshots from this folder of browser-test "
+        "screenshots (tests/artifacts)",
+    )
     args = p.parse_args()
+    if args.pictures:
+        write_pictures(args.pictures)
+        return
     with urllib.request.urlopen(f"{args.server}/object_info") as r:
         info = json.loads(r.read())
     from keyframe_propagation.comfy_client import ui_to_api
