@@ -318,3 +318,26 @@ def test_filmstrip_route_rejects_bad_requests(server):
             urllib.request.urlopen(server.url + path)
         assert e.value.code == code
         assert "error" in json.loads(e.value.read())
+
+
+def test_filmstrip_keyframe_grammar_matches_load_keyframes(editor: Editor):
+    """The extension reads the keyframes widget with the same grammar as the node (oracle: Python's
+    parse_keyframes), so a click toggles one frame and keeps the others."""
+    from keyframe_propagation.pipelines.frames import parse_keyframes
+    from keyframe_propagation.pipelines.progress import PipelineError
+
+    cases = ["0", "0,20,40", "0-60:20", "10-14", "0,-1", "[3, 5]", "0 20 40", "5-2", "", "0,,7,", "x", "0,99"]
+    cases += ["-10--1:3", "0-9:0", " 1 ; 2 ", "0 - 6 : 2"]
+    got = editor.js(
+        """async (cases) => {
+            const m = await import('/extensions/comfyui-keyframe-propagation/js/filmstrip.js');
+            return cases.map((c) => { const s = m.parseKeyframes(c, 70); return s && m.formatKeyframes(s); });
+        }""",
+        cases,
+    )
+    for text, js in zip(cases, got):
+        try:
+            expected = ",".join(str(i) for i in parse_keyframes(text, 70))
+        except PipelineError:
+            expected = None
+        assert js == expected, text

@@ -58,7 +58,7 @@ export function parseKeyframes(text, n) {
     for (const raw of t.split(/[,;]/)) {
       const token = raw.trim();
       if (!token) continue;
-      const range = /^(-?\d+)\s*-\s*(-?\d+)\s*(?::\s*(\d+))?$/;
+      const range = /^(-?\d+)\s*-\s*(-?\d+)(?:\s*:\s*(-?\d+))?$/;
       const parts = /^-?\d+$/.test(token) || range.test(token) ? [token] : token.split(/\s+/);
       for (const part of parts) {
         if (/^-?\d+$/.test(part)) {
@@ -70,8 +70,8 @@ export function parseKeyframes(text, n) {
         const a = index(m[1]);
         const b = index(m[2]);
         const step = m[3] === undefined ? 1 : parseInt(m[3], 10);
-        if (step < 1) return null;
-        for (let i = Math.min(a, b); i <= Math.max(a, b); i += step) out.add(i);
+        if (step < 1 || a > b) return null;
+        for (let i = a; i <= b; i += step) out.add(i);
       }
     }
   } catch {
