@@ -73,22 +73,13 @@ def add_inbetween(base: Path) -> None:
     """A tiny SVD folder under the template's name, a compact reverse-motion delta extracted from a
     "released" reverse UNet (the img2vid base with its 32 temporal V/O weights changed), and the two
     keyframes input/inbetween_{first,last}.png (the real pair when present)."""
-    from diffusers import UNetSpatioTemporalConditionModel
-
     from keyframe_propagation.pipelines.svd.loading import extract_reverse_delta
-    from keyframe_propagation.pipelines.svd.tiny import build_svd_folder
+    from keyframe_propagation.pipelines.svd.tiny import build_reverse_unet_folder, build_svd_folder
 
     models = base / "models"
     build_svd_folder(models / "diffusers" / "stable-video-diffusion-img2vid-xt", seed=0)
     img2vid = build_svd_folder(base / "img2vid", seed=1)
-    unet = UNetSpatioTemporalConditionModel.from_pretrained(img2vid, subfolder="unet")
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if "temporal_transformer_blocks.0.attn1" in name and name.endswith(
-                ("to_v.weight", "to_out.0.weight")
-            ):
-                p.add_(torch.randn_like(p) * 0.1)
-    unet.save_pretrained(base / "released" / "unet")
+    build_reverse_unet_folder(img2vid, base / "released")
     (models / "reverse_motion").mkdir(parents=True, exist_ok=True)
     extract_reverse_delta(
         base / "released", img2vid, models / "reverse_motion" / "svd_reverse_motion_delta.safetensors", "fp32"

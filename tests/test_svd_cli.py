@@ -17,24 +17,16 @@ from safetensors import safe_open
 
 from keyframe_propagation.cli import main
 from keyframe_propagation.pipelines.svd.loading import DELTA_FORMAT
-from keyframe_propagation.pipelines.svd.tiny import build_svd_folder
+from keyframe_propagation.pipelines.svd.tiny import build_reverse_unet_folder, build_svd_folder
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from diffusers import UNetSpatioTemporalConditionModel
 
     root = tmp_path_factory.mktemp("svdcli")
     xt = build_svd_folder(root / "xt", seed=0)
     base = build_svd_folder(root / "img2vid", seed=1)
-    unet = UNetSpatioTemporalConditionModel.from_pretrained(base, subfolder="unet")
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if "temporal_transformer_blocks.0.attn1.to_" in name and name.endswith(
-                ("to_v.weight", "0.weight")
-            ):
-                p.add_(0.05)
-    unet.save_pretrained(root / "reverse" / "unet")
+    build_reverse_unet_folder(base, root / "reverse", scale=0.05)
     g = np.random.default_rng(0)
     keys = []
     for k in range(3):

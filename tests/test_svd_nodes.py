@@ -12,7 +12,7 @@ import torch
 
 from keyframe_propagation.pipelines.progress import PipelineError
 from keyframe_propagation.pipelines.svd.loading import extract_reverse_delta
-from keyframe_propagation.pipelines.svd.tiny import build_svd_folder
+from keyframe_propagation.pipelines.svd.tiny import build_reverse_unet_folder, build_svd_folder
 from keyframe_propagation.pipelines.types import Keyframes as KeyframesData
 
 
@@ -20,21 +20,13 @@ from keyframe_propagation.pipelines.types import Keyframes as KeyframesData
 def inb(comfy_nodes, tmp_path_factory):
     """The node module, with tiny SVD, base and reverse weights in ComfyUI's model folders."""
     import folder_paths
-    from diffusers import UNetSpatioTemporalConditionModel
 
     import keyframe_propagation.nodes.inbetween as inb
 
     root = tmp_path_factory.mktemp("svdnodes")
     build_svd_folder(root / "diffusers" / "svd_tiny_xt", seed=0)
     base = build_svd_folder(root / "diffusers" / "svd_tiny_img2vid", seed=1)
-    unet = UNetSpatioTemporalConditionModel.from_pretrained(base, subfolder="unet")
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if "temporal_transformer_blocks.0.attn1" in name and name.endswith(
-                ("to_v.weight", "to_out.0.weight")
-            ):
-                p.add_(torch.randn_like(p) * 0.1)
-    unet.save_pretrained(root / "reverse_motion" / "svd_reverse_motion_with_attnflip" / "unet")
+    build_reverse_unet_folder(base, root / "reverse_motion" / "svd_reverse_motion_with_attnflip")
     extract_reverse_delta(
         root / "reverse_motion" / "svd_reverse_motion_with_attnflip", base,
         root / "reverse_motion" / "tiny_reverse_delta.safetensors", "fp32",
@@ -114,7 +106,10 @@ def test_sampler_two_keyframes_fused_and_reference(inb, loaded):
     assert frames.shape == (4, 64, 64, 3) and 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
     assert latent["samples"].shape == (4, 4, 8, 8)
     ref_frames, ref_latent = node.execute(**args | {"mode": "reference"}).result
-    assert float((ref_latent["samples"] - latent["samples"]).abs().max()) < 1e-3
+    # fp32 rounding differs between one batched call and two; the first EDM steps multiply it by
+    # sigma (~700, 2 steps here), so compare relative to the latents' size.
+    scale = float(latent["samples"].abs().max())
+    assert float((ref_latent["samples"] - latent["samples"]).abs().max()) < 1e-3 * scale
     assert float((ref_frames - frames).abs().max()) < 1e-4
     # Latents are given unscaled (as ComfyUI's VAE Encode): decoding them with the SVD VAE gives the frames.
     vae = loaded.model.vae

@@ -99,3 +99,22 @@ def random_reverse_delta(model, scale: float = 0.05, seed: int = 1) -> dict[str,
     """Random deltas for the reverse tensors of ``model`` (an InbetweenModel)."""
     g = torch.Generator().manual_seed(seed)
     return {n: torch.randn(s, generator=g) * scale for n, s in model.expected_shapes().items()}
+
+
+def build_reverse_unet_folder(
+    base: str | Path, folder: str | Path, scale: float = 0.1, seed: int = 0
+) -> Path:
+    """A stand-in for the released reverse-motion UNet: the UNet of the SVD folder ``base`` with random
+    changes (``scale`` x N(0, 1)) to the 32 temporal V/O weights, saved as ``folder/unet``."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    unet = UNetSpatioTemporalConditionModel.from_pretrained(base, subfolder="unet")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "temporal_transformer_blocks.0.attn1" in name and name.endswith(
+                ("to_v.weight", "to_out.0.weight")
+            ):
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    unet.save_pretrained(Path(folder) / "unet")
+    return Path(folder)
