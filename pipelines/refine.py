@@ -258,20 +258,22 @@ def refinement_loss(
     ref_lower: torch.Tensor,
     hole_lower: torch.Tensor,
     orig_hw: tuple[int, int],
+    known_scale: float = 1.0,
 ) -> torch.Tensor:
     """The two-term L1 loss of one refined level.
 
     pred, image (B, 3, Hp, Wp) padded; known (B, 1, Hp, Wp) 1 where mask < 1e-8 (padding included);
     ref_lower (B, 3, h//2, w//2) the previous level's result; hole_lower (B, 1, h//2, w//2) the eroded
     hole; orig_hw = (h, w) the unpadded size. Means over the selected pixels and channels; an empty
-    region contributes 0 (the reference would give NaN).
+    region contributes 0 (the reference would give NaN). ``known_scale`` multiplies the first term
+    (crop mode: the crop's share of the level's known pixels, see :func:`_refine`).
     """
     c = pred.shape[1]
     l_known = ((pred - image).abs() * known).sum() / (known.sum() * c).clamp_min(1)
     h, w = orig_hw
     down = downscale_image(pred[..., :h, :w])
     l_hole = ((down - ref_lower).abs() * hole_lower).sum() / (hole_lower.sum() * c).clamp_min(1)
-    return l_known + l_hole
+    return known_scale * l_known + l_hole
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,9 +328,11 @@ def _refine_level(
     cfg: RefineConfig,
     tick: Callable[[str], None],
     losses: list[float],
+    known_scale: float = 1.0,
 ) -> torch.Tensor:
     """One level: image (1, 3, h, w), mask (1, 1, h, w) unpadded; ref_lower (1, 3, h//2, w//2) or None
-    (plain pass). Returns the composite (1, 3, h, w) float32."""
+    (plain pass); known_scale weighs the loss's known-pixel term. Returns the composite (1, 3, h, w)
+    float32."""
     h, w = image.shape[-2:]
     ip = pad_to_modulo(image, cfg.modulo)
     mp = (pad_to_modulo(mask, cfg.modulo) >= EPS).to(image.dtype)
@@ -340,7 +344,11 @@ def _refine_level(
             pred = model.rear(feats).float()
         if ref_lower is not None:
             losses.append(
-                float(refinement_loss(pred, ip, (mp < EPS).float(), ref_lower, eroded_hole(mask), (h, w)))
+                float(
+                    refinement_loss(
+                        pred, ip, (mp < EPS).float(), ref_lower, eroded_hole(mask), (h, w), known_scale
+                    )
+                )
             )
         tick(f"plain pass {w}x{h}")
     else:
@@ -358,7 +366,7 @@ def _refine_level(
             with _autocast(image.device, cfg.autocast):
                 pred = rear(z)
             pred = pred.float()
-            loss = refinement_loss(pred, ip, known, ref_lower, hole_lower, (h, w))
+            loss = refinement_loss(pred, ip, known, ref_lower, hole_lower, (h, w), known_scale)
             value = float(loss.detach())
             losses.append(value)
             tick(f"{w}x{h} iteration {it + 1}/{cfg.n_iters} loss {value:.5f}")
@@ -378,6 +386,11 @@ def _refine_level(
         pred = pred.detach()
     m3 = mp[..., :h, :w]
     return m3 * pred[..., :h, :w] + (1 - m3) * image
+
+
+def _known_count(mask: torch.Tensor, modulo: int) -> float:
+    """Known pixels (padding included) of a level as the loss counts them."""
+    return max(float((pad_to_modulo(mask, modulo) < EPS).sum()), 1.0)
 
 
 def _crop_box(mask: torch.Tensor, margin: int, modulo: int) -> tuple[int, int, int, int] | None:
@@ -535,7 +548,11 @@ def _refine(
             res.crops[-1] = box
             assert out is not None
             ref = out[..., y0 // 2 : y0 // 2 + (y1 - y0) // 2, x0 // 2 : x0 // 2 + (x1 - x0) // 2]
-            part = _refine_level(model, img[..., y0:y1, x0:x1], m[..., y0:y1, x0:x1], ref, cfg, tick, losses)
+            crop_m = m[..., y0:y1, x0:x1]
+            # The known term is a mean over the crop's known pixels: weigh it by the crop's share of
+            # the level's, so that the crop balances its two terms as the whole image does.
+            scale = _known_count(crop_m, cfg.modulo) / _known_count(m, cfg.modulo)
+            part = _refine_level(model, img[..., y0:y1, x0:x1], crop_m, ref, cfg, tick, losses, scale)
             out = img.clone()
             out[..., y0:y1, x0:x1] = part
         else:

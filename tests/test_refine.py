@@ -132,9 +132,10 @@ def _plain_level(gen, image, mask):
     return (m * pred + (1 - m) * img)[..., :h, :w]
 
 
-def _oracle_level(gen, image, mask, ref_lower, n_iters, lr):
+def _oracle_level(gen, image, mask, ref_lower, n_iters, lr, known_scale=1.0):
     """SPEC B's finer level, literally: front without grad, Adam on both feature tensors, n_iters
-    forward passes of the rear, backward + step on all but the last."""
+    forward passes of the rear, backward + step on all but the last. known_scale weighs the
+    known-pixel term (crop mode)."""
     h, w = image.shape[-2:]
     img, m = _pad8(image), _pad8(mask)
     m = (m >= 1e-8).float()
@@ -154,7 +155,7 @@ def _oracle_level(gen, image, mask, ref_lower, n_iters, lr):
         md = (md >= 1 - 1e-8).float()
         md = kornia.morphology.erosion(md, ekernel)
         md = (md >= 1 - 1e-8).float().repeat(1, 3, 1, 1)
-        loss = torch.mean(torch.abs(pred[m3 < 1e-8] - img[m3 < 1e-8]))
+        loss = known_scale * torch.mean(torch.abs(pred[m3 < 1e-8] - img[m3 < 1e-8]))
         loss = loss + torch.mean(torch.abs(pred_down[md >= 1e-8] - ref_lower[md >= 1e-8]))
         losses.append(float(loss.detach()))
         if i < n_iters - 1:
@@ -258,6 +259,25 @@ def test_crop_mode_changes_only_the_box_around_the_hole(model, sample):
     assert res.losses[1][-1] < res.losses[1][0]
     hole = (mask > 0.5).expand_as(image)
     assert float((res.image - image)[hole].abs().mean()) > 0.01  # the hole was filled
+
+
+def test_crop_mode_matches_the_oracle_on_the_box_with_the_known_term_reweighted(model, sample):
+    """The crop is refined as SPEC B's level on the box, with the known-pixel mean weighted by the box's
+    share of the level's known pixels, so the two terms are balanced as on the whole image."""
+    image, mask = sample
+    res = R.multiscale_refine(model, image, mask, R.RefineConfig(n_iters=4, crop=True, crop_margin=16, **CFG))
+    y0, y1, x0, x1 = res.crops[1]
+    images, masks = R.build_pyramid(image, mask, 64, 3, 1_800_000)
+    coarse = _plain_level(model, images[0], masks[0])
+    img, m = images[1][..., y0:y1, x0:x1], masks[1][..., y0:y1, x0:x1]
+    share = float((_pad8(m) < 1e-8).sum()) / float((_pad8(masks[1]) < 1e-8).sum())
+    assert 0.1 < share < 0.9
+    gen = random_lama(TINY, seed=1)
+    gen.requires_grad_(True)
+    ref = coarse[..., y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
+    expected, losses = _oracle_level(gen, img, m, ref, 4, 0.002, known_scale=share)
+    assert res.losses[1] == pytest.approx(losses, rel=1e-4)
+    assert torch.allclose(res.image[..., y0:y1, x0:x1], expected, atol=2e-5)
 
 
 def test_crop_box_alignment_near_borders():
