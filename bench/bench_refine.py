@@ -90,6 +90,8 @@ SCHEDULES = [
     ("early stop", {"early_stop": True}),
     ("crop + early stop", {"crop": True, "early_stop": True}),
     ("crop + early stop + lr x3", {"crop": True, "early_stop": True, "lr": 0.006}),
+    ("crop + early stop (patience 3) + lr x3", {"crop": True, "early_stop": True, "patience": 3, "lr": 6e-3}),
+    ("crop + lr x3, 12 passes", {"crop": True, "lr": 0.006, "n_iters": 12}),
 ]
 
 
@@ -249,7 +251,7 @@ def schedules_table(title: str, plain_s: float, runs: list[Run], ref: Run, mask:
         if r.projected:
             secs += f" (15 passes: ~{projected_seconds(r):.0f})"
             ratio += f" (~{projected_seconds(r) / plain_s:.1f})"
-        rows.append([r.name, str(r.passes), secs, ratio, fmt(r.final_loss), fmt(r.hole_loss), d_ref])
+        rows.append([r.name, str(r.passes), secs, ratio, fmt(r.final_loss), fmt(r.hole_loss, 5), d_ref])
     print(text_table(["schedule", "passes", "seconds", "x plain", "final loss", "hole loss", "d ref"], rows))
 
 
@@ -258,6 +260,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="reference and crop only, no memory subprocesses")
     ap.add_argument("--full", action="store_true", help="all schedules with 15 passes; memory at 1024^2")
     ap.add_argument("--iters", type=int, default=3, help="passes of the reference/crop rows at 1024^2")
+    ap.add_argument("--size", choices=("both", "512", "1024"), default="both", help="which sizes to run")
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=THREADS_HELP)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
@@ -283,59 +286,65 @@ def main() -> None:
 
     summary = []
     # ---------------- 512^2
-    img, mask = make_input(px(512))
-    plain512 = min(plain_pass(model, img, mask)[0] for _ in range(2))  # best of 2: a shared machine
-    ref512 = run_schedule("reference (1 level)", model, img, mask, d, None)
-    print(
-        f"\n512x512: plain pass {plain512:.1f} s; reference refinement {ref512.seconds:.1f} s "
-        f"= {ref512.seconds / plain512:.2f}x plain (one pyramid level at min_side 512: a plain pass)"
-    )
-    summary.append(("512^2 reference", ref512.seconds / plain512))
-    if args.full:
-        ims, ms = build_pyramid(img, mask, px(256), 3)
-        with torch.no_grad():
-            coarse = model.inpaint(ims[0], ms[0])
-        base = RefineConfig(min_side=px(256))
-        runs = [run_schedule(name, model, img, mask, replace(base, **kw), coarse) for name, kw in SCHEDULES]
-        schedules_table(
-            "512x512 with min_side 256 (2 levels, refined at 512x512):", plain512, runs, runs[0], mask
+    if args.size in ("both", "512"):
+        img, mask = make_input(px(512))
+        plain512 = min(plain_pass(model, img, mask)[0] for _ in range(2))  # best of 2: a shared machine
+        ref512 = run_schedule("reference (1 level)", model, img, mask, d, None)
+        print(
+            f"\n512x512: plain pass {plain512:.1f} s; reference refinement {ref512.seconds:.1f} s "
+            f"= {ref512.seconds / plain512:.2f}x plain (one pyramid level at min_side 512: a plain pass)"
         )
-        for r in runs:
-            summary.append((f"512^2 min_side 256 {r.name}", r.seconds / plain512))
+        summary.append(("512^2 reference", ref512.seconds / plain512))
+        if args.full:
+            ims, ms = build_pyramid(img, mask, px(256), 3)
+            with torch.no_grad():
+                coarse = model.inpaint(ims[0], ms[0])
+            base = RefineConfig(min_side=px(256))
+            runs = [
+                run_schedule(name, model, img, mask, replace(base, **kw), coarse) for name, kw in SCHEDULES
+            ]
+            schedules_table(
+                "512x512 with min_side 256 (2 levels, refined at 512x512):", plain512, runs, runs[0], mask
+            )
+            for r in runs:
+                summary.append((f"512^2 min_side 256 {r.name}", r.seconds / plain512))
 
     # ---------------- 1024^2
-    img, mask = make_input(px(1024))
-    plain1024, _ = plain_pass(model, img, mask)
-    ims, ms = build_pyramid(img, mask, px(512), 3)
-    with torch.no_grad():
-        coarse = model.inpaint(ims[0], ms[0])
-    n = REFERENCE_PASSES if args.full else (2 if args.quick else args.iters)
-    runs = []
-    for name, kw in SCHEDULES:
-        if args.quick and name not in ("reference", "crop"):
-            continue
-        if not args.full and name == "early stop":
-            continue  # a full-image schedule: too slow for the default run on this CPU
-        capped = name in ("reference", "crop") and n != REFERENCE_PASSES
-        cfg = replace(d, **kw) if not capped else replace(d, n_iters=n, **kw)
-        run = run_schedule(name + (f", {n} passes" if capped else ""), model, img, mask, cfg, coarse)
-        run.projected = capped
-        runs.append(run)
-    title = "1024x1024 (2 levels: 512 plain, 1024 refined)"
-    if n != REFERENCE_PASSES:
-        title += (
-            f"; the reference and crop rows run {n} of the 15 passes on this CPU, '15 passes: ~' is "
-            "projected from their measured per-pass time"
-        )
-    schedules_table(title + ":", plain1024, runs, runs[0], mask)
-    for r in runs:
-        secs = projected_seconds(r) if r.projected else r.seconds
-        summary.append((f"1024^2 {r.name}", secs / plain1024))
+    if args.size in ("both", "1024"):
+        img, mask = make_input(px(1024))
+        plain1024, _ = plain_pass(model, img, mask)
+        ims, ms = build_pyramid(img, mask, px(512), 3)
+        with torch.no_grad():
+            coarse = model.inpaint(ims[0], ms[0])
+        n = REFERENCE_PASSES if args.full else (2 if args.quick else args.iters)
+        runs = []
+        for name, kw in SCHEDULES:
+            if args.quick and name not in ("reference", "crop"):
+                continue
+            if not args.full and name == "early stop":
+                continue  # a full-image schedule: too slow for the default run on this CPU
+            capped = name in ("reference", "crop") and n != REFERENCE_PASSES
+            cfg = replace(d, **kw) if not capped else replace(d, n_iters=n, **kw)
+            run = run_schedule(name + (f", {n} passes" if capped else ""), model, img, mask, cfg, coarse)
+            run.projected = capped
+            runs.append(run)
+        title = "1024x1024 (2 levels: 512 plain, 1024 refined)"
+        if n != REFERENCE_PASSES:
+            title += (
+                f"; the reference and crop rows run {n} of the 15 passes on this CPU, '15 passes: ~' is "
+                "projected from their measured per-pass time"
+            )
+        schedules_table(title + ":", plain1024, runs, runs[0], mask)
+        for r in runs:
+            secs = projected_seconds(r) if r.projected else r.seconds
+            summary.append((f"1024^2 {r.name}", secs / plain1024))
 
     # ---------------- memory
     if not args.quick:
-        specs = [dict(size=512, min_side=256, segments=s, passes=2, smoke=args.smoke) for s in (0, 9)]
-        if args.full:
+        specs = []
+        if args.size in ("both", "512"):
+            specs += [dict(size=512, min_side=256, segments=s, passes=2, smoke=args.smoke) for s in (0, 9)]
+        if args.full and args.size in ("both", "1024"):
             specs += [dict(size=1024, min_side=512, segments=s, passes=2, smoke=args.smoke) for s in (0, 9)]
         rows = []
         for spec in specs:
