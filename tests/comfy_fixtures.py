@@ -6,16 +6,96 @@ use; the integration and browser tests combine them in a temporary ``--base-dire
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import DATA, REPO
+from conftest import COMFYUI_PATH, DATA, REPO
 from PIL import Image
 
 PACK_DIR_NAME = "comfyui-keyframe-propagation"
 TENNIS = DATA / "davis_tennis_240p"
 SVD_PAIR = DATA / "svd_kf_pair_720p"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / "comfyui.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        cmd = [
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-auto-launch",
+            "--dont-print-server",
+            "--base-directory",
+            str(self.base),
+            "--database-url",
+            "sqlite:///:memory:",
+        ]
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=self.log, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited early:\n{self.log_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/system_stats", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"ComfyUI did not start in {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as r:
+            raw = r.read()
+        return json.loads(raw)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+@contextmanager
+def serve(base: Path) -> Iterator[Server]:
+    """A real ComfyUI on ``base`` for the duration of the block."""
+    srv = Server(base)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def new_base(base: Path) -> Path:

@@ -31,6 +31,7 @@ from comfy_fixtures import (
     add_refine,
     add_two_stream,
     new_base,
+    serve,
 )
 from conftest import COMFYUI_PATH, REPO, comfyui_available
 
@@ -80,17 +81,13 @@ NEEDS_TENNIS = {"remove_object", "remove_object_two_stream"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from test_integration import Server
-
     base = new_base(tmp_path_factory.mktemp("comfy_browser"))
     add_demo_clip(base)
     add_two_stream(base)
     add_refine(base)
     add_inbetween(base)
-    srv = Server(base)
-    srv.start()
-    yield srv
-    srv.stop()
+    with serve(base) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

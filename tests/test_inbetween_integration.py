@@ -24,15 +24,12 @@ PAIR = DATA / "svd_kf_pair_720p"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from comfy_fixtures import add_inbetween, new_base
-    from test_integration import Server
+    from comfy_fixtures import add_inbetween, new_base, serve
 
     base = new_base(tmp_path_factory.mktemp("comfy_svd"))
     add_inbetween(base)
-    srv = Server(base)
-    srv.start()
-    yield srv
-    srv.stop()
+    with serve(base) as srv:
+        yield srv
 
 
 def test_inbetween_nodes_listed(server):

@@ -7,15 +7,13 @@ temporary base directory, and skips cleanly when there is no checkout.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from comfy_fixtures import PACK_DIR_NAME, TENNIS, add_demo_clip, new_base
+from comfy_fixtures import PACK_DIR_NAME, TENNIS, add_demo_clip, new_base, serve
 from conftest import COMFYUI_PATH, REPO, comfyui_available
 
 from keyframe_propagation.comfy_client import ComfyClient, ui_to_api
@@ -29,75 +27,12 @@ pytestmark = [
 NODE_IDS = ["KFP_LoadKeyframes", "KFP_FlowEstimate", "KFP_TwoStreamInpaint"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = base / "comfyui.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120.0) -> None:
-        cmd = [
-            sys.executable,
-            "main.py",
-            "--cpu",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--disable-auto-launch",
-            "--dont-print-server",
-            "--base-directory",
-            str(self.base),
-            "--database-url",
-            "sqlite:///:memory:",
-        ]
-        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=self.log, stderr=subprocess.STDOUT)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited early:\n{self.log_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/system_stats", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError(f"ComfyUI did not start in {timeout} s:\n{self.log_text()[-3000:]}")
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def get(self, path: str):
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as r:
-            raw = r.read()
-        return json.loads(raw)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = new_base(tmp_path_factory.mktemp("comfy_base"))
     add_demo_clip(base)
-    srv = Server(base)
-    srv.start()
-    yield srv
-    srv.stop()
+    with serve(base) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,12 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from comfy_fixtures import add_refine, new_base
-    from test_integration import Server
+    from comfy_fixtures import add_refine, new_base, serve
 
     base = new_base(tmp_path_factory.mktemp("comfy_refine"))
     add_refine(base)
-    srv = Server(base)
-    srv.start()
-    yield srv
-    srv.stop()
+    with serve(base) as srv:
+        yield srv
 
 
 def test_refine_template_converts_and_runs(server):

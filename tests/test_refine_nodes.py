@@ -230,8 +230,8 @@ def test_refine_in_a_real_comfyui_server(tmp_path, tiny):
     if not comfyui_available():
         pytest.skip(f"no ComfyUI checkout at {COMFYUI_PATH}")
     import numpy as np
+    from comfy_fixtures import serve
     from PIL import Image
-    from test_integration import Server
 
     from keyframe_propagation.comfy_client import ComfyClient
 
@@ -247,9 +247,7 @@ def test_refine_in_a_real_comfyui_server(tmp_path, tiny):
     mk = np.zeros((128, 160), np.uint8)
     mk[40:90, 50:110] = 255
     Image.fromarray(mk).save(base / "input" / "mask.png")
-    srv = Server(base)
-    srv.start()
-    try:
+    with serve(base) as srv:
         info = srv.get("/object_info")
         assert "KFP_MultiscaleRefine" in info, srv.log_text()[-3000:]
         spec = info["KFP_InpaintModelLoader"]["input"]["required"]["model_name"]
@@ -291,5 +289,3 @@ def test_refine_in_a_real_comfyui_server(tmp_path, tiny):
         known = mk == 0
         assert np.array_equal(out[known], img[known])
         assert np.abs(out[~known].astype(int) - img[~known].astype(int)).mean() > 2
-    finally:
-        srv.stop()

@@ -24,8 +24,7 @@ N_FRAMES = 8
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from comfy_fixtures import add_two_stream, new_base
-    from test_integration import Server
+    from comfy_fixtures import add_two_stream, new_base, serve
 
     base = new_base(tmp_path_factory.mktemp("comfy_two_stream"))
     models = add_two_stream(base)
@@ -41,10 +40,8 @@ def server(tmp_path_factory):
             base / "input" / "tsclip" / "masks" / f"{t:03d}.png"
         )
     (base / "input" / "keyframe_demo").symlink_to(base / "input" / "tsclip", target_is_directory=True)
-    srv = Server(base)
-    srv.start()
-    yield srv
-    srv.stop()
+    with serve(base) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
