@@ -41,11 +41,8 @@ import argparse
 import gc
 import json
 import math
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +51,10 @@ from common import (
     THREADS_HELP,
     header,
     maxrss_mib,
+    print_result,
     proc_status,
     reset_hwm,
+    run_child,
     set_threads,
     text_table,
 )
@@ -214,23 +213,6 @@ def child(spec: dict) -> dict:
     return {**spec, "seconds": wall, "growth_mib": growth, "base_rss_mib": base_rss}
 
 
-def run_child(spec: dict, threads: int) -> dict | None:
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--threads",
-        str(threads),
-        "--child",
-        json.dumps(spec),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    print(f"  memory measurement {spec} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return None
-
-
 # ----------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------
@@ -269,7 +251,7 @@ def main() -> None:
     if args.smoke:
         SMOKE.update(scale=8, model={"ngf": 8, "n_blocks": 2})
     if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))))
+        print_result(child(json.loads(args.child)))
         return
     t_start = time.perf_counter()
     header("Multiscale refinement (SPEC B) on CPU, Big-LaMa-shaped random model")
@@ -348,7 +330,7 @@ def main() -> None:
             specs += [dict(size=1024, min_side=512, segments=s, passes=2, smoke=args.smoke) for s in (0, 9)]
         rows = []
         for spec in specs:
-            r = run_child(spec, args.threads)
+            r = run_child(__file__, spec, args.threads)
             if r is None:
                 continue
             mp = px(spec["size"]) ** 2 / 1e6

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -42,11 +40,13 @@ from common import (
     mask_files,
     maxrss_mib,
     md_table,
+    print_result,
     proc_status,
     read_frame,
     read_mask,
     require_data,
     reset_hwm,
+    run_child,
     set_threads,
     text_table,
 )
@@ -190,23 +190,6 @@ def child(spec: dict) -> dict:
     }
 
 
-def run_child(spec: dict, threads: int) -> dict | None:
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--threads",
-        str(threads),
-        "--child",
-        json.dumps(spec),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    print(f"  measurement {spec} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return None
-
-
 # ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
@@ -237,7 +220,7 @@ def propagation_section(specs: list[dict], threads: int) -> list[dict]:
     res = []
     for spec in specs:
         print(f"  running {spec['frames']} frames at {spec['size']} ...", flush=True)
-        r = run_child(spec, threads)
+        r = run_child(__file__, spec, threads)
         if r is not None:
             res.append(r)
     rows = [
@@ -375,7 +358,7 @@ def main() -> None:
     args = ap.parse_args()
     set_threads(args.threads)
     if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))))
+        print_result(child(json.loads(args.child)))
         return
     root = require_data(TENNIS, CAR)
     torch.set_grad_enabled(False)

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -38,11 +36,13 @@ from common import (
     header,
     mask_files,
     md_table,
+    print_result,
     proc_status,
     read_frame,
     read_mask,
     require_data,
     reset_hwm,
+    run_child,
     set_threads,
     text_table,
 )
@@ -155,13 +155,11 @@ def child(spec: dict) -> dict:
     }
 
 
-def _run_child(spec: dict, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", json.dumps(spec), "--threads", str(threads)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    for line in r.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"child {spec} failed:\n{r.stderr[-3000:]}")
+def _child_result(spec: dict, threads: int) -> dict:
+    r = run_child(__file__, spec, threads)
+    if r is None:
+        raise RuntimeError(f"child {spec} failed")
+    return r
 
 
 def _fmt(x: float | None, digits: int = 0) -> str:
@@ -207,7 +205,7 @@ def main() -> None:
     args = ap.parse_args()
     set_threads(args.threads)
     if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))))
+        print_result(child(json.loads(args.child)))
         return
     require_data(TENNIS)
     header("bench_two_stream" + (" --quick" if args.quick else ""))
@@ -226,7 +224,7 @@ def main() -> None:
         res = []
         for n, warmup in runs:
             spec = {"config": cfg, "frames": n, "warmup": warmup, "size": [240, 432], "device": "cpu"}
-            res.append(_run_child(spec, args.threads))
+            res.append(_child_result(spec, args.threads))
             print(f"  {cfg} {n} frames: {res[-1]['seconds']:.1f} s", flush=True)
         speed.append(res[0])
         if len(res) == 2:
@@ -260,7 +258,7 @@ def main() -> None:
     if torch.cuda.is_available():
         for size in ([240, 432], [480, 854]):
             spec = {"config": "ours_big", "frames": short, "warmup": 21, "size": size, "device": "cuda"}
-            gpu.append(_run_child(spec, args.threads))
+            gpu.append(_child_result(spec, args.threads))
         print(f"\nGPU ({torch.cuda.get_device_name(0)}), ours_big, {short} frames:")
         rows = _speed_rows(gpu)
         for row, r in zip(rows, gpu):

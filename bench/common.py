@@ -7,8 +7,10 @@ is missing.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections import OrderedDict
@@ -269,3 +271,34 @@ def maxrss_mib() -> float:
 
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurements in fresh subprocesses (peak memory of one run, without what earlier runs left behind)
+# --------------------------------------------------------------------------------------------------
+
+RESULT = "RESULT "
+
+
+def print_result(result: dict) -> None:
+    """What a child run prints for :func:`run_child` to read."""
+    print(RESULT + json.dumps(result))
+
+
+def run_child(script: str, spec: dict, threads: int) -> dict | None:
+    """Run ``script --threads N --child SPEC`` and return the dict its :func:`print_result` printed,
+    or None (with the child's error printed) when it failed."""
+    cmd = [
+        sys.executable,
+        str(Path(script).resolve()),
+        "--threads",
+        str(threads),
+        "--child",
+        json.dumps(spec),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT) :])
+    print(f"  measurement {spec} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return None
