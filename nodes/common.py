@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 
 import folder_paths
+import torch
 from comfy_api.latest import io
 
 from ..pipelines.progress import PipelineError, ProgressFn
@@ -42,6 +43,26 @@ def register_model_folders() -> None:
 
 
 NO_MODEL = "none"
+
+# Weight precisions of the loader nodes.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def model_file(folder: str, model_name: str, hint: str) -> str:
+    """Full path of a loader's ``model_name`` in a model folder; a clear error when none is chosen.
+
+    ``hint`` says which file to put there ("put big-lama.pt ... in ComfyUI/models/inpaint").
+    """
+    if not model_name or model_name == NO_MODEL:
+        raise PipelineError(f"model_name: no file in models/{folder}; {hint}")
+    return folder_paths.get_full_path_or_raise(folder, model_name)
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    """A loader's dtype option as a torch dtype; a clear error for anything else."""
+    if dtype not in DTYPES:
+        raise PipelineError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
 
 
 def model_files(folder: str, allow_none: bool = False) -> list[str]:
@@ -120,6 +141,7 @@ def input_roots() -> list[str]:
 
 __all__ = [
     "CATEGORY",
+    "DTYPES",
     "NO_MODEL",
     "Flow",
     "Keyframes",
@@ -128,6 +150,8 @@ __all__ = [
     "comfy_progress",
     "current_node_id",
     "input_roots",
+    "model_file",
     "model_files",
     "register_model_folders",
+    "torch_dtype",
 ]

@@ -6,19 +6,17 @@ model folder, dtype, device placement, progress/Cancel.
 
 from __future__ import annotations
 
-import folder_paths
 import torch
 from comfy_api.latest import io
 
 from ..pipelines.lama import load_lama
 from ..pipelines.progress import PipelineError
 from ..pipelines.refine import Refinable, RefineConfig, pyramid_sizes, refine_frames
-from .common import CATEGORY, NO_MODEL, TwoStreamModel, comfy_progress, model_files
+from .common import CATEGORY, DTYPES, TwoStreamModel, comfy_progress, model_file, model_files, torch_dtype
 
 # LaMa (and other inpainting networks that can be refined), from models/inpaint.
 InpaintModel = io.Custom("INPAINT_MODEL")
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Peak activation memory of the refinement per working pixel (Big-LaMa, fp32; bench/bench_refine.py
 # measured ~10,000 bytes without and ~4,000 with checkpointing), plus margin: ComfyUI is asked to free
 # that much device memory (other models) before a run.
@@ -46,7 +44,7 @@ class InpaintModelLoader(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "dtype",
-                    options=list(_DTYPES),
+                    options=list(DTYPES),
                     default="fp32",
                     tooltip="Precision of the weights. fp32 is the reference; bf16/fp16 halve the memory "
                     "of the weights (the refinement's features stay fp32).",
@@ -65,15 +63,10 @@ class InpaintModelLoader(io.ComfyNode):
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        if not model_name or model_name == NO_MODEL:
-            raise PipelineError(
-                "model_name: no file in models/inpaint; put big-lama.pt (or Big-LaMa's best.ckpt) "
-                "in ComfyUI/models/inpaint"
-            )
-        if dtype not in _DTYPES:
-            raise PipelineError(f"dtype: expected one of {list(_DTYPES)}, got {dtype!r}")
-        path = folder_paths.get_full_path_or_raise("inpaint", model_name)
-        model = load_lama(path, device=mm.unet_offload_device(), dtype=_DTYPES[dtype])
+        path = model_file(
+            "inpaint", model_name, "put big-lama.pt (or Big-LaMa's best.ckpt) in ComfyUI/models/inpaint"
+        )
+        model = load_lama(path, device=mm.unet_offload_device(), dtype=torch_dtype(dtype))
         return io.NodeOutput(model)
 
 

@@ -7,15 +7,10 @@ offload device; Two-Stream Inpaint moves them to the compute device while it run
 
 from __future__ import annotations
 
-import folder_paths
-import torch
 from comfy_api.latest import io
 
-from ..pipelines.progress import PipelineError
 from ..pipelines.two_stream_io import load_two_stream
-from .common import CATEGORY, NO_MODEL, TwoStreamModel, model_files
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from .common import CATEGORY, DTYPES, TwoStreamModel, model_file, model_files, torch_dtype
 
 
 class TwoStreamModelLoader(io.ComfyNode):
@@ -40,7 +35,7 @@ class TwoStreamModelLoader(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "dtype",
-                    options=list(_DTYPES),
+                    options=list(DTYPES),
                     default="fp32",
                     tooltip="Precision of the weights and of the model's computation. fp32 is the "
                     "reference; fp16/bf16 halve the memory (bf16 is the safer one of the two; on CPU "
@@ -61,15 +56,12 @@ class TwoStreamModelLoader(io.ComfyNode):
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        if not model_name or model_name == NO_MODEL:
-            raise PipelineError(
-                "model_name: no file in models/two_stream; put a two-stream checkpoint (.ckpt or "
-                ".safetensors) in ComfyUI/models/two_stream"
-            )
-        if dtype not in _DTYPES:
-            raise PipelineError(f"dtype: expected one of {list(_DTYPES)}, got {dtype!r}")
-        path = folder_paths.get_full_path_or_raise("two_stream", model_name)
-        model = load_two_stream(path, device=mm.unet_offload_device(), dtype=_DTYPES[dtype])
+        path = model_file(
+            "two_stream",
+            model_name,
+            "put a two-stream checkpoint (.ckpt or .safetensors) in ComfyUI/models/two_stream",
+        )
+        model = load_two_stream(path, device=mm.unet_offload_device(), dtype=torch_dtype(dtype))
         return io.NodeOutput(model)
 
 
