@@ -10,6 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("KFP_DATA", REPO.parent / "shared" / "data"))
+REFERENCE = REPO.parent / "shared" / "reference"
 COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH", Path.home() / "comfy" / "ComfyUI")).expanduser()
 
 
@@ -45,3 +46,25 @@ def comfy_nodes(tmp_path_factory):
     import keyframe_propagation.nodes as nodes
 
     return nodes
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (use: ``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on two shared cores, two threads slow the model tests down badly when anything else runs."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def reference_keys(filename: str) -> dict:
+    """A reference checkpoint's key list from ../shared/reference (the test skips without it)."""
+    path = REFERENCE / filename
+    if not path.is_file():
+        pytest.skip(f"reference key list {path} not found")
+    import json
+
+    return json.loads(path.read_text())

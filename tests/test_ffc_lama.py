@@ -6,13 +6,13 @@ generators with the same layout are randomly initialised and saved by the tests 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import reference_keys
 from safetensors.torch import save_file
 
 from keyframe_propagation.pipelines.ffc import FFCResnetBlock, FourierUnit
@@ -26,23 +26,10 @@ from keyframe_propagation.pipelines.lama import (
 )
 from keyframe_propagation.pipelines.progress import PipelineError
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 TINY = LamaConfig(ngf=8, n_blocks=2)
 
 
-def _reference(name: str) -> dict:
-    path = REFERENCE / name
-    if not path.is_file():
-        pytest.skip(f"reference key list {path} not found")
-    return json.loads(path.read_text())
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +56,7 @@ def _full_input(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def test_full_generator_keys_shapes_and_count_equal_big_lama():
-    ref = _reference("keys_big-lama.json")
+    ref = reference_keys("keys_big-lama.json")
     with torch.device("meta"):
         gen = FFCResNetGenerator()
     sd = gen.state_dict()
@@ -87,7 +74,7 @@ def test_full_generator_keys_shapes_and_count_equal_big_lama():
 
 def test_inline_ffc_block_has_the_two_stream_models_keys():
     """The two-stream model's LIF blocks (``model.N.block1`` / ``block2``) are FFCResnetBlocks run inline."""
-    ref = _reference("keys_ours.json")
+    ref = reference_keys("keys_ours.json")
     prefix = "model.6.block1."
     want = [[k[len(prefix) :], shape] for k, shape, _ in ref["keys"] if k.startswith(prefix)]
     assert want, "keys_ours.json has no model.6.block1 entries"

@@ -24,12 +24,7 @@ H, W = 128, 160  # with min_side 64: two levels, 64x80 and 128x160
 CFG = dict(min_side=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ from keyframe_propagation.pipelines.refine import RefineConfig, refine_frames
 TINY = LamaConfig(ngf=8, n_blocks=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

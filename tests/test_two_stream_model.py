@@ -7,13 +7,12 @@ maths is checked on tiny randomly initialised generators and against plain loops
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import reference_keys
 
 from keyframe_propagation.pipelines.progress import PipelineError
 from keyframe_propagation.pipelines.two_stream import (
@@ -29,22 +28,12 @@ from keyframe_propagation.pipelines.two_stream import (
 )
 from keyframe_propagation.pipelines.two_stream_io import config_name, detect_two_stream_config
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-
 
 def _reference(name: str) -> dict:
-    path = REFERENCE / f"keys_{name}.json"
-    if not path.is_file():
-        pytest.skip(f"reference key list {path} not found")
-    return json.loads(path.read_text())
+    return reference_keys(f"keys_{name}.json")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from keyframe_propagation.pipelines.synthetic import make_clip
 from keyframe_propagation.pipelines.two_stream import TwoStreamGenerator
 from keyframe_propagation.pipelines.two_stream_io import save_two_stream
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
