@@ -36,6 +36,37 @@ REMOVE_OBJECT_NOTE = """## Remove an object from a clip (no model download)
 If the removed object leaves a halo, raise `mask_dilation` on Two-Stream Inpaint."""
 
 
+def save_frames_and_video(first_id: int, source: int, prefix: str, fps: float) -> list[dict[str, Any]]:
+    """Save Image (PNG frames) + Create Video -> Save Video (MP4) of node ``source``'s first output,
+    right of the graph; ids first_id .. first_id + 2."""
+    return [
+        {
+            "id": first_id,
+            "type": "SaveImage",
+            "pos": [1240, 60],
+            "size": [320, 300],
+            "widgets": {"filename_prefix": prefix},
+            "links": {"images": (source, 0)},
+        },
+        {
+            "id": first_id + 1,
+            "type": "CreateVideo",
+            "pos": [1240, 400],
+            "size": [270, 80],
+            "widgets": {"fps": fps},
+            "links": {"images": (source, 0)},
+        },
+        {
+            "id": first_id + 2,
+            "type": "SaveVideo",
+            "pos": [1540, 400],
+            "size": [320, 300],
+            "widgets": {"filename_prefix": prefix, "format": "mp4", "codec": "h264"},
+            "links": {"video": (first_id + 1, 0)},
+        },
+    ]
+
+
 def remove_object_spec() -> list[dict[str, Any]]:
     return [
         {
@@ -59,30 +90,7 @@ def remove_object_spec() -> list[dict[str, Any]]:
             "size": [360, 600],
             "links": {"images": (1, 0), "masks": (1, 1), "keyframes": (1, 2), "flow": (2, 0)},
         },
-        {
-            "id": 4,
-            "type": "SaveImage",
-            "pos": [1240, 60],
-            "size": [320, 300],
-            "widgets": {"filename_prefix": "keyframe_propagation/removed"},
-            "links": {"images": (3, 0)},
-        },
-        {
-            "id": 5,
-            "type": "CreateVideo",
-            "pos": [1240, 400],
-            "size": [270, 80],
-            "widgets": {"fps": 24.0},
-            "links": {"images": (3, 0)},
-        },
-        {
-            "id": 6,
-            "type": "SaveVideo",
-            "pos": [1540, 400],
-            "size": [320, 300],
-            "widgets": {"filename_prefix": "keyframe_propagation/removed", "format": "mp4", "codec": "h264"},
-            "links": {"video": (5, 0)},
-        },
+        *save_frames_and_video(first_id=4, source=3, prefix="keyframe_propagation/removed", fps=24.0),
         {"id": 8, "type": "MarkdownNote", "pos": [40, 820], "size": [760, 330], "note": REMOVE_OBJECT_NOTE},
     ]
 
@@ -252,34 +260,7 @@ def inbetween_spec() -> list[dict[str, Any]]:
             "widgets": {"num_frames": 25, "width": 1024, "height": 576, "steps": 50, "seed": 42},
             "links": {"model": (3, 0), "first_frame": (1, 0), "last_frame": (2, 0)},
         },
-        {
-            "id": 5,
-            "type": "SaveImage",
-            "pos": [1240, 60],
-            "size": [320, 300],
-            "widgets": {"filename_prefix": "keyframe_propagation/inbetween"},
-            "links": {"images": (4, 0)},
-        },
-        {
-            "id": 6,
-            "type": "CreateVideo",
-            "pos": [1240, 400],
-            "size": [270, 80],
-            "widgets": {"fps": 7.0},
-            "links": {"images": (4, 0)},
-        },
-        {
-            "id": 7,
-            "type": "SaveVideo",
-            "pos": [1540, 400],
-            "size": [320, 300],
-            "widgets": {
-                "filename_prefix": "keyframe_propagation/inbetween",
-                "format": "mp4",
-                "codec": "h264",
-            },
-            "links": {"video": (6, 0)},
-        },
+        *save_frames_and_video(first_id=5, source=4, prefix="keyframe_propagation/inbetween", fps=7.0),
         {"id": 8, "type": "MarkdownNote", "pos": [40, 960], "size": [760, 360], "note": INBETWEEN_NOTE},
     ]
 
@@ -335,34 +316,9 @@ def remove_object_two_stream_spec() -> list[dict[str, Any]]:
                 "model": (2, 0),
             },
         },
-        {
-            "id": 5,
-            "type": "SaveImage",
-            "pos": [1240, 60],
-            "size": [320, 300],
-            "widgets": {"filename_prefix": "keyframe_propagation/removed_two_stream"},
-            "links": {"images": (4, 0)},
-        },
-        {
-            "id": 6,
-            "type": "CreateVideo",
-            "pos": [1240, 400],
-            "size": [270, 80],
-            "widgets": {"fps": 24.0},
-            "links": {"images": (4, 0)},
-        },
-        {
-            "id": 7,
-            "type": "SaveVideo",
-            "pos": [1540, 400],
-            "size": [320, 300],
-            "widgets": {
-                "filename_prefix": "keyframe_propagation/removed_two_stream",
-                "format": "mp4",
-                "codec": "h264",
-            },
-            "links": {"video": (6, 0)},
-        },
+        *save_frames_and_video(
+            first_id=5, source=4, prefix="keyframe_propagation/removed_two_stream", fps=24.0
+        ),
         {"id": 8, "type": "MarkdownNote", "pos": [40, 820], "size": [760, 360], "note": TWO_STREAM_NOTE},
     ]
 
