@@ -1,4 +1,4 @@
-"""``python -m keyframe_propagation``: see cli.py."""
+"""``python -m keyframe_propagation``: see cli/main.py."""
 
 import sys
 

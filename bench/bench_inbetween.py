@@ -49,7 +49,7 @@ from common import (  # noqa: E402
     text_table,
 )
 
-from keyframe_propagation.pipelines.svd.tiny import MID_UNET, TINY_UNET  # noqa: E402
+from keyframe_propagation.pipelines.testing.svd import MID_UNET, TINY_UNET  # noqa: E402
 
 REAL_UNET = "real"  # the shipped SVD-xt config (pipelines/configs/svd_xt/unet/config.json)
 

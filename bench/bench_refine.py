@@ -59,8 +59,8 @@ from common import (
     text_table,
 )
 
-from keyframe_propagation.pipelines.lama import FFCResNetGenerator, random_lama
-from keyframe_propagation.pipelines.refine import (
+from keyframe_propagation.pipelines.refine.lama import FFCResNetGenerator
+from keyframe_propagation.pipelines.refine.multiscale import (
     RefineConfig,
     RefineResult,
     build_pyramid,
@@ -68,6 +68,7 @@ from keyframe_propagation.pipelines.refine import (
     eroded_hole,
     multiscale_refine,
 )
+from keyframe_propagation.pipelines.testing.lama import random_lama
 
 REFERENCE_PASSES = 15
 # --smoke (a quick check that the script runs): tiny model, every size and min_side divided by 8.

@@ -49,13 +49,14 @@ from common import (
     text_table,
 )
 
-from keyframe_propagation.pipelines.flow import FlowEstimator, compute_flows, fb_error, warp
+from keyframe_propagation.pipelines.flow import FlowEstimator, compute_flows, fb_error
+from keyframe_propagation.pipelines.ops import warp
 from keyframe_propagation.pipelines.propagate import (
     PropagationConfig,
     propagate_fill,
     telea_fill,
 )
-from keyframe_propagation.pipelines.synthetic import psnr_in_mask
+from keyframe_propagation.pipelines.testing.synthetic import psnr_in_mask
 
 CAR_SIZE = (270, 486)  # running_car 972x540 downscaled by 2 (INTER_AREA) for speed
 QUICK_FRAMES = 24

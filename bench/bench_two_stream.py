@@ -49,7 +49,7 @@ from common import (
 
 import keyframe_propagation.pipelines.two_stream_video as tsv
 from keyframe_propagation.pipelines.flow import FlowEstimator
-from keyframe_propagation.pipelines.two_stream import TwoStreamGenerator
+from keyframe_propagation.pipelines.two_stream.model import TwoStreamGenerator
 
 
 class _Timed:

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from keyframe_propagation.pipelines.frames import list_images, load_image_tensor, read_mask_file
+from keyframe_propagation.pipelines.clip import list_images, load_image_tensor, read_mask_file
 
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"  # git-ignored

@@ -6,13 +6,16 @@ Everything that touches ComfyUI lives in ``nodes/``; the maths is in ``pipelines
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..pipelines.progress import PipelineError, ProgressFn
+from ..pipelines.checks import DTYPES, parse_dtype
+from ..pipelines.errors import PipelineError
+from ..pipelines.progress import ProgressFn
 
 # Custom types, declared once for every node of the pack.
 Keyframes = io.Custom("KEYFRAMES")
@@ -27,6 +30,8 @@ MODEL_FOLDERS = {
     "optical_flow": {".pth", ".pt", ".safetensors"},
     "two_stream": {".ckpt", ".pt", ".pth", ".safetensors"},
     "inpaint": {".ckpt", ".pt", ".pth", ".safetensors"},
+    # Compact reverse-motion delta files, and fine-tuned UNet folders (listed by the SVD loader).
+    "reverse_motion": {".safetensors"},
 }
 
 
@@ -44,25 +49,53 @@ def register_model_folders() -> None:
 
 NO_MODEL = "none"
 
-# Weight precisions of the loader nodes.
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-
-def model_file(folder: str, model_name: str, hint: str) -> str:
+def model_file(folder: str, model_name: str, hint: str, what: str = "model_name") -> str:
     """Full path of a loader's ``model_name`` in a model folder; a clear error when none is chosen.
 
-    ``hint`` says which file to put there ("put big-lama.pt ... in ComfyUI/models/inpaint").
+    ``hint`` says which file to put there ("put big-lama.pt ... in ComfyUI/models/inpaint"); ``what``
+    is the input's name in messages.
     """
     if not model_name or model_name == NO_MODEL:
-        raise PipelineError(f"model_name: no file in models/{folder}; {hint}")
+        raise PipelineError(f"{what}: no file in models/{folder}; {hint}")
     return folder_paths.get_full_path_or_raise(folder, model_name)
 
 
 def torch_dtype(dtype: str) -> torch.dtype:
     """A loader's dtype option as a torch dtype; a clear error for anything else."""
-    if dtype not in DTYPES:
-        raise PipelineError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+    return parse_dtype(dtype, "dtype")
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's weights and buffers, as ComfyUI counts them."""
+    import comfy.model_management as mm
+
+    return int(mm.module_size(module))
+
+
+@contextmanager
+def on_compute_device(model, need_bytes: int, move: bool = True) -> Iterator[torch.device]:
+    """Run a block with ``model`` (a module, or anything with ``.to(device)``) on ComfyUI's compute
+    device; it goes back to the offload device afterwards, and the cache is emptied.
+
+    ComfyUI is asked first to free ``need_bytes`` on the device (its own models are unloaded if
+    needed): the pack's models are not ComfyUI-managed, so this is how room is made for them. With
+    ``move=False`` the block places the model's parts itself (the SVD sampler's offload mode).
+    """
+    import comfy.model_management as mm
+
+    device = mm.get_torch_device()
+    mm.free_memory(need_bytes, device)
+    if move:
+        # Outside inference mode: moved weights must stay usable by autograd (Multiscale Refine).
+        with torch.inference_mode(False):
+            model.to(device)
+    try:
+        yield device
+    finally:
+        with torch.inference_mode(False):
+            model.to(mm.unet_offload_device())
+        mm.soft_empty_cache()
 
 
 def model_files(folder: str, allow_none: bool = False) -> list[str]:
@@ -152,6 +185,8 @@ __all__ = [
     "input_roots",
     "model_file",
     "model_files",
+    "module_bytes",
+    "on_compute_device",
     "register_model_folders",
     "torch_dtype",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..pipelines.checks import as_masks
+from ..pipelines.errors import PipelineError
 from ..pipelines.flow import FlowEstimator, compute_flows, flow_to_color
-from ..pipelines.progress import PipelineError
-from .common import CATEGORY, NO_MODEL, Flow, Keyframes, comfy_progress, model_files
+from ..pipelines.ops import fit_size
+from .common import CATEGORY, Flow, Keyframes, comfy_progress, model_file, model_files
 from .preview import flow_ui
 
 
@@ -128,29 +129,18 @@ class FlowEstimate(io.ComfyNode):
         if images.shape[0] < 2:
             raise PipelineError(f"images: flow needs at least 2 frames, got {images.shape[0]}")
         H, W = images.shape[1:3]
-        work = None
-        if work_width or work_height:
-            work = (
-                work_height or round(H * work_width / W / 8) * 8 or 8,
-                work_width or round(W * work_height / H / 8) * 8 or 8,
-            )
+        work = fit_size(H, W, work_width, work_height, 8) if (work_width or work_height) else None
         weights = None
         if backend == "raft":
-            if not raft_model or raft_model == NO_MODEL:
-                raise PipelineError(
-                    "raft_model: no RAFT weights found; put a torchvision RAFT state dict "
-                    "(.pth or .safetensors) in ComfyUI/models/optical_flow"
-                )
-            weights = folder_paths.get_full_path_or_raise("optical_flow", raft_model)
-        est = FlowEstimator(backend, preset, work_size=work, raft_weights=weights, raft_iters=raft_iters)
-        if masks is not None and masks.ndim == 2:
-            masks = masks[None]
-        if masks is not None and masks.shape[0] == 1:
-            masks = masks.expand(images.shape[0], -1, -1)
-        if masks is not None and (masks.shape[0] != images.shape[0] or tuple(masks.shape[1:]) != (H, W)):
-            raise PipelineError(
-                f"masks: {tuple(masks.shape)} does not match images {tuple(images.shape[:3])}"
+            weights = model_file(
+                "optical_flow",
+                raft_model,
+                "put a torchvision RAFT state dict (.pth or .safetensors) in ComfyUI/models/optical_flow",
+                "raft_model",
             )
+        est = FlowEstimator(backend, preset, work_size=work, raft_weights=weights, raft_iters=raft_iters)
+        if masks is not None:
+            masks = as_masks(masks, images.shape[0], (H, W), "masks")
         kf = []
         if keyframe_pairs:
             if keyframes is None:

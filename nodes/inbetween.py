@@ -17,32 +17,16 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..pipelines.progress import PipelineError
-from .common import CATEGORY, NO_MODEL, Keyframes, comfy_progress
+from ..pipelines.errors import PipelineError
+from ..pipelines.svd.folders import is_svd_folder, is_unet_folder
+from .common import CATEGORY, NO_MODEL, Keyframes, comfy_progress, on_compute_device
 from .preview import clip_preview
 
 log = logging.getLogger("keyframe_propagation")
 
 SVDInbetweenModel = io.Custom("SVD_INBETWEEN_MODEL")
 
-REVERSE_FOLDER = "reverse_motion"
-_REVERSE_EXTS = {".safetensors"}
-_UNET_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
-
-
-def register_reverse_folder() -> None:
-    """models/reverse_motion for compact delta files and fine-tuned UNet folders (keeps user paths)."""
-    path = os.path.join(folder_paths.models_dir, REVERSE_FOLDER)
-    if REVERSE_FOLDER in folder_paths.folder_names_and_paths:
-        paths, known = folder_paths.folder_names_and_paths[REVERSE_FOLDER]
-        if path not in paths:
-            paths.append(path)
-        folder_paths.folder_names_and_paths[REVERSE_FOLDER] = (paths, set(known) | _REVERSE_EXTS)
-    else:
-        folder_paths.folder_names_and_paths[REVERSE_FOLDER] = ([path], set(_REVERSE_EXTS))
-
-
-register_reverse_folder()
+REVERSE_FOLDER = "reverse_motion"  # registered with the other model folders (common.MODEL_FOLDERS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,16 +48,6 @@ def _walk_folders(kind: str, marker) -> list[str]:
     return sorted(set(out))
 
 
-def _is_unet_folder(p: Path) -> bool:
-    return (p / "config.json").is_file() and any((p / f).is_file() for f in _UNET_FILES)
-
-
-def _is_svd_folder(p: Path) -> bool:
-    return (p / "model_index.json").is_file() or (
-        (p / "unet" / "config.json").is_file() and (p / "vae").is_dir()
-    )
-
-
 def _files(kind: str, exts: tuple[str, ...] = (".safetensors",)) -> list[str]:
     try:
         return [f for f in folder_paths.get_filename_list(kind) if f.lower().endswith(exts)]
@@ -82,7 +56,7 @@ def _files(kind: str, exts: tuple[str, ...] = (".safetensors",)) -> list[str]:
 
 
 def svd_options() -> list[str]:
-    opts = [f"diffusers/{p}" for p in _walk_folders("diffusers", _is_svd_folder)]
+    opts = [f"diffusers/{p}" for p in _walk_folders("diffusers", is_svd_folder)]
     ckpts = _files("checkpoints")
     # SVD checkpoints first: the checkpoints folder usually holds image models too.
     ckpts.sort(key=lambda f: (0 if "svd" in f.lower() else 1, f.lower()))
@@ -92,14 +66,14 @@ def svd_options() -> list[str]:
 
 def reverse_options() -> list[str]:
     files = [f"{REVERSE_FOLDER}/{f}" for f in _files(REVERSE_FOLDER)]
-    folders = [f"{REVERSE_FOLDER}/{p}" for p in _walk_folders(REVERSE_FOLDER, _is_unet_folder)]
-    folders += [f"diffusers/{p}" for p in _walk_folders("diffusers", _is_unet_folder)]
+    folders = [f"{REVERSE_FOLDER}/{p}" for p in _walk_folders(REVERSE_FOLDER, is_unet_folder)]
+    folders += [f"diffusers/{p}" for p in _walk_folders("diffusers", is_unet_folder)]
     return [NO_MODEL, *files, *folders]
 
 
 def base_options() -> list[str]:
-    opts = [f"diffusers/{p}" for p in _walk_folders("diffusers", _is_svd_folder)]
-    opts += [f"diffusers/{p}" for p in _walk_folders("diffusers", _is_unet_folder)]
+    opts = [f"diffusers/{p}" for p in _walk_folders("diffusers", is_svd_folder)]
+    opts += [f"diffusers/{p}" for p in _walk_folders("diffusers", is_unet_folder)]
     opts += [f"checkpoints/{f}" for f in _files("checkpoints")]
     return [NO_MODEL, *sorted(set(opts), key=str.lower)]
 
@@ -376,19 +350,13 @@ class DualDirectionalSampler(io.ComfyNode):
     ) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        from ..pipelines.svd.sampler import InbetweenSettings, check_size, inbetween_keyframes, resize_image
+        from ..pipelines.svd.conditioning import fit_keyframes
+        from ..pipelines.svd.sampler import InbetweenSettings, inbetween_keyframes
 
         if not isinstance(model, LoadedInbetween):
             raise PipelineError("model: connect Reverse SVD Loader's output")
         keys, counts = _segments(first_frame, last_frame, keyframes, num_frames)
-        H, W = keys[0].shape[:2]
-        th, tw = height or H, width or W
-        if width and not height:
-            th = round(H * width / W / 64) * 64 or 64
-        if height and not width:
-            tw = round(W * height / H / 64) * 64 or 64
-        check_size(th, tw, "width/height" if (width or height) else "keyframes (set width/height)")
-        keys = [resize_image(k[..., :3].float(), th, tw) for k in keys]
+        keys = fit_keyframes(keys, width, height, "width/height")
         settings = InbetweenSettings(
             num_frames=num_frames, steps=steps, seed=seed, min_guidance=min_guidance,
             max_guidance=max_guidance, fusion=fusion, noise_injection_ratio=noise_injection_ratio,
@@ -396,21 +364,14 @@ class DualDirectionalSampler(io.ComfyNode):
             noise_aug_strength=noise_aug_strength, decode_chunk_size=decode_chunk_size, mode=mode,
         )  # fmt: skip
         m = model.model
-        device = mm.get_torch_device()
-        offload_device = mm.unet_offload_device()
-        # ComfyUI does not manage these diffusers modules: free its models to make room first.
+        # Room for the weights (only the largest part at a time with offload) and the activations.
         b = m.parameter_bytes()
         need = (max(b.values()) if model.offload else sum(b.values())) * 1.3 + 2 * 2**30
-        mm.free_memory(need, device)
-        mm.soft_empty_cache()
-        try:
+        with on_compute_device(m, int(need), move=False) as device:
             result = inbetween_keyframes(
                 m, keys, settings, counts, progress=comfy_progress(), device=device,
-                offload_device=offload_device if model.offload else None,
+                offload_device=mm.unet_offload_device() if model.offload else None,
             )  # fmt: skip
-        finally:
-            m.to(offload_device)  # give the memory back to ComfyUI between runs
-            mm.soft_empty_cache()
         latent = {"samples": result.latents / m.vae.config.scaling_factor}
         return io.NodeOutput(result.frames, latent, ui=clip_preview(cls, result.frames, fps=float(fps)))
 

@@ -1,7 +1,7 @@
 """TwoStreamInpaint: remove the masked object from every frame.
 
 Without a model it runs the zero-download flow propagation (pipelines/propagate.py); with a model
-(TwoStreamModelLoader) the paper's video protocol (pipelines/two_stream_video.py): the model generates
+(TwoStreamModelLoader) the paper's video protocol (pipelines/two_stream/video.py): the model generates
 every n-th frame from keyframes, the frames in between are propagated from the generated ones.
 """
 
@@ -10,11 +10,13 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..pipelines.checks import as_masks
+from ..pipelines.errors import PipelineError
 from ..pipelines.flow import FlowEstimator
-from ..pipelines.progress import PipelineError
 from ..pipelines.propagate import PropagationConfig, propagate_fill
-from ..pipelines.two_stream_video import TwoStreamVideoConfig, parse_offsets, remove_with_model
-from .common import CATEGORY, Flow, Keyframes, TwoStreamModel, comfy_progress
+from ..pipelines.two_stream.model import TwoStreamGenerator
+from ..pipelines.two_stream.video import TwoStreamVideoConfig, parse_offsets, remove_with_model, working_size
+from .common import CATEGORY, Flow, Keyframes, TwoStreamModel, comfy_progress, module_bytes, on_compute_device
 from .preview import clip_preview
 
 
@@ -148,14 +150,7 @@ class TwoStreamInpaint(io.ComfyNode):
         model=None,
     ) -> io.NodeOutput:
         T, H, W = images.shape[:3]
-        if masks.ndim == 2:
-            masks = masks[None]
-        if masks.shape[0] == 1 and T > 1:
-            masks = masks.expand(T, -1, -1)
-        if masks.shape[0] != T:
-            raise PipelineError(f"masks: {masks.shape[0]} masks for {T} frames")
-        if tuple(masks.shape[1:]) != (H, W):
-            raise PipelineError(f"masks: size {tuple(masks.shape[1:])} differs from the frames' {(H, W)}")
+        masks = as_masks(masks, T, (H, W), "masks")
         if keyframes is not None and keyframes.num_frames not in (0, T):
             raise PipelineError(f"keyframes: describe {keyframes.num_frames} frames, images has {T}")
         cfg = PropagationConfig(
@@ -199,24 +194,13 @@ _BYTES_PER_PIXEL_PER_FRAME = 3_000
 
 def _run_model(model, images, masks, edited, flow, cfg: TwoStreamVideoConfig):
     """The video protocol with the model on ComfyUI's compute device, moved back afterwards."""
-    import comfy.model_management as mm
-
-    from ..pipelines.two_stream import TwoStreamGenerator
-    from ..pipelines.two_stream_video import working_size
-
     if not isinstance(model, TwoStreamGenerator):
         raise PipelineError(
             f"model: expected a two-stream model (Two-Stream Model Loader), got {type(model).__name__}"
         )
-    device = mm.get_torch_device()
-    if device.type != "cpu":
-        h, w = working_size(int(images.shape[1]), int(images.shape[2]), cfg.work_long_side)
-        n_frames = 1 + len(cfg.keyframe_offsets) + len(edited)
-        mm.free_memory(mm.module_size(model) + h * w * n_frames * _BYTES_PER_PIXEL_PER_FRAME, device)
-    # Outside inference mode: moved weights must stay usable by autograd (MultiscaleRefine).
-    with torch.inference_mode(False):
-        model.to(device)
-    try:
+    h, w = working_size(int(images.shape[1]), int(images.shape[2]), cfg.work_long_side)
+    n_frames = 1 + len(cfg.keyframe_offsets) + len(edited)
+    with on_compute_device(model, module_bytes(model) + h * w * n_frames * _BYTES_PER_PIXEL_PER_FRAME):
         return remove_with_model(
             images,
             masks,
@@ -227,7 +211,3 @@ def _run_model(model, images, masks, edited, flow, cfg: TwoStreamVideoConfig):
             config=cfg,
             progress=comfy_progress(),
         )
-    finally:
-        with torch.inference_mode(False):
-            model.to(mm.unet_offload_device())
-        mm.soft_empty_cache()

@@ -7,8 +7,8 @@ import logging
 import torch
 from comfy_api.latest import io, ui
 
-from ..pipelines import frames as fr
-from ..pipelines.types import Keyframes as KeyframesData
+from ..pipelines.clip import fingerprint_paths, prepare_clip, resolve_user_path
+from ..pipelines.errors import PipelineError
 from .common import CATEGORY, Keyframes, comfy_progress, current_node_id, input_roots
 from .preview import filmstrip_ui
 
@@ -127,10 +127,10 @@ class LoadKeyframes(io.ComfyNode):
         for p in (frames, masks):
             if p:
                 try:
-                    paths.append(fr.resolve_user_path(p, input_roots()))
+                    paths.append(resolve_user_path(p, input_roots()))
                 except Exception:
                     paths.append(p)
-        return fr.fingerprint_paths(*paths) + repr(
+        return fingerprint_paths(*paths) + repr(
             sorted((k, str(v)) for k, v in kwargs.items() if not isinstance(v, torch.Tensor))
         )
 
@@ -150,78 +150,40 @@ class LoadKeyframes(io.ComfyNode):
         mask: torch.Tensor | None = None,
         edited_keyframes: torch.Tensor | None = None,
     ) -> io.NodeOutput:
-        notes: list[str] = []
-        selected: list[int] | None = None
         if images is not None:
-            imgs = images[..., :3].float()
-            alpha = images[..., 3] if images.shape[-1] == 4 else None
-            total = imgs.shape[0]
-            selected = list(range(skip_first, total, every_nth))
-            if frame_cap:
-                selected = selected[:frame_cap]
-            if not selected:
-                raise fr.PipelineError(
-                    f"images: skip_first={skip_first}, every_nth={every_nth} leave no frame of {total}"
-                )
-            clip = fr.Clip(
-                frames=imgs[selected].clone(),
-                alpha=None if alpha is None else alpha[selected].clone(),
-                names=[f"{i:05d}" for i in selected],
-                fps=0.0,
-                source="IMAGE input",
-                notes=[],
-            )
+            source = images
+        elif frames.strip():
+            source = resolve_user_path(frames.strip(), input_roots(), what="frames")
         else:
-            if not frames.strip():
-                raise fr.PipelineError(
-                    "frames: give a folder or video under the input folder, or connect 'images'"
-                )
-            path = fr.resolve_user_path(frames.strip(), input_roots(), what="frames")
-            clip = fr.load_frames(
-                path,
-                frame_cap=frame_cap,
-                skip_first=skip_first,
-                every_nth=every_nth,
-                progress=comfy_progress(),
-            )
-            selected = list(clip.selected)  # indices in the full source, to match masks by order
-        notes += clip.notes
-        T, H, W = clip.frames.shape[:3]
+            raise PipelineError("frames: give a folder or video under the input folder, or connect 'images'")
         if mask is not None:
             msrc = mask
-            if mask.ndim == 3 and images is not None and mask.shape[0] == images.shape[0] != T:
-                msrc = mask[selected]  # a MASK batch aligned with the full IMAGE batch
         elif masks.strip():
-            msrc = fr.resolve_user_path(masks.strip(), input_roots(), what="masks")
+            msrc = resolve_user_path(masks.strip(), input_roots(), what="masks")
         else:
             msrc = None
-        m, mnotes = fr.load_masks(
-            msrc, T, (H, W), frame_names=clip.names, selected=selected, alpha=clip.alpha, invert=invert_mask
+        clip = prepare_clip(
+            source,
+            msrc,
+            keyframes=keyframes,
+            frame_cap=frame_cap,
+            skip_first=skip_first,
+            every_nth=every_nth,
+            width=width,
+            height=height,
+            invert_mask=invert_mask,
+            edited=edited_keyframes,
+            progress=None if images is not None else comfy_progress(),
         )
-        notes += mnotes
-        out_frames, m, rnotes = fr.resize_clip(clip.frames, m, width, height)
-        notes += rnotes
-        idx = fr.parse_keyframes(keyframes, T)
-        edited: list[int] = []
-        if edited_keyframes is not None:
-            out_frames, m, edited, enotes = fr.apply_edited_keyframes(out_frames, m, edited_keyframes, idx)
-            notes += enotes
-        kf = KeyframesData(
-            indices=idx,
-            size=(int(out_frames.shape[1]), int(out_frames.shape[2])),
-            fps=clip.fps,
-            source=clip.source,
-            num_frames=T,
-            edited=edited,
-            names=list(clip.names),
-        )
+        out_frames, m, kf, notes = clip.frames, clip.masks, clip.keyframes, clip.notes
+        T, idx, edited = kf.num_frames, kf.indices, kf.edited
         for n in notes:
             log.info("LoadKeyframes: %s", n)
-        summary = f"{T} frames {kf.size[1]}x{kf.size[0]} from {clip.source}; keyframes {idx}" + (
+        summary = f"{T} frames {kf.size[1]}x{kf.size[0]} from {kf.source}; keyframes {idx}" + (
             f"; edited {edited}" if edited else ""
         )
         shown = {
             **ui.PreviewText("\n".join([summary, *notes])).as_dict(),
-            **filmstrip_ui(out_frames, m, idx, clip.source, current_node_id()),
+            **filmstrip_ui(out_frames, m, idx, kf.source, current_node_id()),
         }
         return io.NodeOutput(out_frames, m, kf, ui=shown)

@@ -1,18 +1,30 @@
 """InpaintModelLoader and MultiscaleRefine: high-resolution refinement of LaMa fills (SPEC B).
 
-The maths is in ``pipelines/refine.py`` and ``pipelines/lama.py``; this module is the ComfyUI glue:
+The maths is in ``pipelines/refine/``; this module is the ComfyUI glue:
 model folder, dtype, device placement, progress/Cancel.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from comfy_api.latest import io
 
-from ..pipelines.lama import load_lama
-from ..pipelines.progress import PipelineError
-from ..pipelines.refine import Refinable, RefineConfig, pyramid_sizes, refine_frames
-from .common import CATEGORY, DTYPES, TwoStreamModel, comfy_progress, model_file, model_files, torch_dtype
+from ..pipelines.checks import DTYPES, as_masks
+from ..pipelines.errors import PipelineError
+from ..pipelines.refine.lama import load_lama
+from ..pipelines.refine.multiscale import Refinable, RefineConfig, pyramid_sizes, refine_frames
+from .common import (
+    CATEGORY,
+    TwoStreamModel,
+    comfy_progress,
+    model_file,
+    model_files,
+    module_bytes,
+    on_compute_device,
+    torch_dtype,
+)
 
 # LaMa (and other inpainting networks that can be refined), from models/inpaint.
 InpaintModel = io.Custom("INPAINT_MODEL")
@@ -261,22 +273,14 @@ class MultiscaleRefine(io.ComfyNode):
             min_improvement=min_improvement,
         )
         cfg.check()
-        if mask.ndim == 2:
-            mask = mask[None]
-        if image.ndim != 4 or mask.ndim != 3 or tuple(mask.shape[1:]) != tuple(image.shape[1:3]):
-            raise PipelineError(
-                f"mask: size {tuple(mask.shape)} does not match the images {tuple(image.shape[:3])}"
-            )
-        device = mm.get_torch_device()
+        mask = as_masks(mask, image.shape[0], tuple(image.shape[1:3]), "mask")
         if isinstance(model, torch.nn.Module):
             h, w = pyramid_sizes(*image.shape[1:3], min_side, max_scales, px_budget)[-1]
             per_px = _BYTES_PER_PIXEL_CHECKPOINTED if checkpointing else _BYTES_PER_PIXEL
-            if device.type != "cpu":
-                mm.free_memory(mm.module_size(model) + h * w * per_px, device)
-            # Outside inference mode: moved weights must stay usable by autograd.
-            with torch.inference_mode(False):
-                model.to(device)
-        try:
+            placed = on_compute_device(model, module_bytes(model) + h * w * per_px)
+        else:
+            placed = contextlib.nullcontext(mm.get_torch_device())
+        with placed as device:
             out = refine_frames(
                 model,
                 image,
@@ -287,11 +291,6 @@ class MultiscaleRefine(io.ComfyNode):
                 device=device,
                 restore_size=output_size != "working",
             )
-        finally:
-            if isinstance(model, torch.nn.Module):
-                with torch.inference_mode(False):
-                    model.to(mm.unet_offload_device())
-                mm.soft_empty_cache()
         return io.NodeOutput(out)
 
 

@@ -1,6 +1,6 @@
 """TwoStreamModelLoader: the two-stream generator (SPEC A) from ComfyUI/models/two_stream.
 
-The maths and the file formats are in ``pipelines/two_stream*.py``; this module is the ComfyUI glue:
+The maths and the file formats are in ``pipelines/two_stream/``; this module is the ComfyUI glue:
 model folder, dtype, device placement through ComfyUI's model management (the weights wait on the
 offload device; Two-Stream Inpaint moves them to the compute device while it runs).
 """
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..pipelines.two_stream_io import load_two_stream
-from .common import CATEGORY, DTYPES, TwoStreamModel, model_file, model_files, torch_dtype
+from ..pipelines.checks import DTYPES
+from ..pipelines.two_stream.io import load_two_stream
+from .common import CATEGORY, TwoStreamModel, model_file, model_files, torch_dtype
 
 
 class TwoStreamModelLoader(io.ComfyNode):

@@ -24,18 +24,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .progress import PipelineError, ProgressFn, report
+from .checks import as_masks, check_shape
+from .errors import PipelineError
+from .ops import dilate, resize_flow, warp
+from .progress import ProgressFn, report
 from .types import FlowSet
+from .weights import read_weights, state_dict_mismatch
 
 __all__ = [
     "FlowEstimator",
+    "complete_flow",
     "compute_flows",
     "fb_error",
     "fill_flow_in_mask",
     "flow_pair",
     "flow_to_color",
-    "resize_flow",
-    "warp",
 ]
 
 _DIS_PRESETS = {
@@ -56,23 +59,8 @@ _WEIGHTS_HINT = (
 
 
 # ----------------------------------------------------------------------------------------------
-# Geometry helpers
+# Consistency
 # ----------------------------------------------------------------------------------------------
-
-
-def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize flows to ``size = (H, W)`` and scale their magnitudes to the new pixel units.
-
-    flow: ``(N, 2, h, w)``. Returns ``(N, 2, H, W)``: bilinear (align_corners=True), x scaled by W/w
-    and y by H/h. Returned unchanged (same tensor) when the size already matches.
-    """
-    h, w = int(flow.shape[-2]), int(flow.shape[-1])
-    H, W = int(size[0]), int(size[1])
-    if (h, w) == (H, W):
-        return flow
-    out = F.interpolate(flow.float(), size=(H, W), mode="bilinear", align_corners=True)
-    scale = torch.tensor([W / w, H / h], dtype=out.dtype, device=out.device).view(1, 2, 1, 1)
-    return out * scale
 
 
 def _resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -80,44 +68,6 @@ def _resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == (int(size[0]), int(size[1])):
         return x
     return F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=True)
-
-
-def _base_grid(H: int, W: int, device: torch.device) -> torch.Tensor:
-    """Pixel coordinates ``(1, 2, H, W)``: channel 0 = x, channel 1 = y."""
-    ys, xs = torch.meshgrid(
-        torch.arange(H, dtype=torch.float32, device=device),
-        torch.arange(W, dtype=torch.float32, device=device),
-        indexing="ij",
-    )
-    return torch.stack((xs, ys))[None]
-
-
-def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
-    """Backward warp: ``out(p) = image(p + flow(p))``, bilinear, align_corners=True.
-
-    image: ``(N, C, H, W)``; flow: ``(N, 2, H, W)`` in pixels (or N = 1 to broadcast). Returns
-    ``(N, C, H, W)`` in float32 (sampling in half precision loses sub-pixel accuracy).
-    padding_mode: as ``grid_sample`` ("zeros", "border", "reflection").
-    """
-    if image.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
-        raise PipelineError(
-            f"warp: expected image (N,C,H,W) and flow (N,2,H,W), got {tuple(image.shape)} and "
-            f"{tuple(flow.shape)}"
-        )
-    if image.shape[-2:] != flow.shape[-2:]:
-        raise PipelineError(
-            f"warp: image size {tuple(image.shape[-2:])} differs from flow size {tuple(flow.shape[-2:])}"
-        )
-    H, W = int(image.shape[-2]), int(image.shape[-1])
-    flow = flow.to(device=image.device, dtype=torch.float32)
-    if flow.shape[0] != image.shape[0]:
-        flow = flow.expand(image.shape[0], -1, -1, -1)
-    pos = _base_grid(H, W, image.device) + flow
-    # grid_sample wants (N, H, W, 2) in [-1, 1]; with align_corners=True pixel 0 -> -1, W-1 -> +1.
-    gx = pos[:, 0] * (2.0 / max(W - 1, 1)) - 1.0
-    gy = pos[:, 1] * (2.0 / max(H - 1, 1)) - 1.0
-    grid = torch.stack((gx, gy), dim=-1)
-    return F.grid_sample(image.float(), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
 
 
 def fb_error(flow_ab: torch.Tensor, flow_ba: torch.Tensor) -> torch.Tensor:
@@ -135,25 +85,6 @@ def fb_error(flow_ab: torch.Tensor, flow_ba: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Hole filling
 # ----------------------------------------------------------------------------------------------
-
-
-def _as_frame_masks(mask: torch.Tensor, n: int, size: tuple[int, int], name: str) -> torch.Tensor:
-    """Validate a ``(N, H, W)`` mask (N = n or 1) and return a bool ``(n, H, W)`` at ``size``."""
-    if mask.dim() == 4 and mask.shape[-1] == 1:  # tolerate (N, H, W, 1)
-        mask = mask[..., 0]
-    if mask.dim() == 2:
-        mask = mask[None]
-    if mask.dim() != 3:
-        raise PipelineError(f"{name}: expected a (N, H, W) mask, got shape {tuple(mask.shape)}")
-    if mask.shape[0] not in (1, n):
-        raise PipelineError(f"{name}: has {mask.shape[0]} frames, expected {n} (or 1 for all frames)")
-    m = mask.float()
-    if tuple(m.shape[-2:]) != tuple(size):
-        m = _resize_images(m[:, None], size)[:, 0]
-    m = m > 0.5
-    if m.shape[0] != n:
-        m = m.expand(n, -1, -1)
-    return m
 
 
 def _idw_fill_frame(
@@ -203,7 +134,7 @@ def fill_flow_in_mask(
     if n_samples < 1:
         raise PipelineError(f"n_samples must be at least 1, got {n_samples}")
     N, _, H, W = flow.shape
-    holes = _as_frame_masks(mask.to(flow.device), N, (H, W), "mask")
+    holes = as_masks(mask.to(flow.device), N, (H, W), "mask", resize=True) > 0.5
     gen = torch.Generator().manual_seed(int(seed))
     out = flow.clone()
     for i in range(N):
@@ -216,6 +147,43 @@ def fill_flow_in_mask(
             continue
         out[i] = _idw_fill_frame(flow[i], hole, n_samples, power, gen)
     return out
+
+
+def complete_flow(
+    flow: torch.Tensor, hole: torch.Tensor, method: str = "homography", seed: int = 0, ring: int = 12
+) -> torch.Tensor:
+    """Replace the flow inside ``hole`` by a completion from the known flow around it.
+
+    flow: (2,H,W); hole: (H,W) 1 = replace. "idw": inverse-distance weighting from boundary samples
+    (SPEC A). "homography": a RANSAC homography fitted on a ring around the hole (camera motion,
+    exact for rotation/zoom/pan of distant backgrounds) plus the IDW-completed residual, falling back
+    to plain IDW when the fit is poor.
+    """
+    if not bool(hole.any()):
+        return flow
+    if method == "homography":
+        H, W = hole.shape
+        band = (dilate(hole, ring) > 0.5) & (hole < 0.5)
+        ys, xs = torch.nonzero(band, as_tuple=True)
+        if len(ys) >= 16:
+            g = torch.Generator().manual_seed(seed)
+            pick = torch.randperm(len(ys), generator=g)[:3000]
+            ys, xs = ys[pick], xs[pick]
+            src = torch.stack([xs, ys], 1).float()
+            dst = src + flow[:, ys, xs].T
+            hm, inl = cv2.findHomography(src.numpy(), dst.numpy(), cv2.RANSAC, 1.0)
+            if hm is not None and inl is not None and float(inl.mean()) > 0.5:
+                gy, gx = torch.meshgrid(
+                    torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij"
+                )
+                hmt = torch.from_numpy(hm)
+                den = hmt[2, 0] * gx + hmt[2, 1] * gy + hmt[2, 2]
+                px = (hmt[0, 0] * gx + hmt[0, 1] * gy + hmt[0, 2]) / den
+                py = (hmt[1, 0] * gx + hmt[1, 1] * gy + hmt[1, 2]) / den
+                fh = torch.stack([px - gx, py - gy]).to(flow.dtype)
+                resid = fill_flow_in_mask((flow - fh)[None], hole[None], seed=seed)[0]
+                return torch.where(hole[None] > 0.5, fh + resid, flow)
+    return fill_flow_in_mask(flow[None], hole[None], seed=seed)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,29 +244,9 @@ def flow_to_color(flow: torch.Tensor, max_magnitude: float | None = None) -> tor
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.dim() != 4 or a.shape[-1] != 3:
-        raise PipelineError(f"frames: expected (N, H, W, 3) images, got shape {tuple(a.shape)}")
+    check_shape(a, "N,H,W,3", "frames")
     if a.shape != b.shape:
         raise PipelineError(f"frames: the two batches differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-
-
-def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a torch file (weights_only) and drop ``module.``."""
-    name = os.path.basename(path)
-    try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd = load_file(path, device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickled code, ...: say which file
-        raise PipelineError(f"raft_weights: cannot read '{name}' ({path}): {exc}") from exc
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise PipelineError(f"raft_weights: '{name}' is not a state dict of tensors")
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
 def _is_raft_small(sd: dict[str, torch.Tensor]) -> bool:
@@ -362,29 +310,15 @@ class FlowEstimator:
         path = os.fspath(raft_weights)
         if not os.path.isfile(path):
             raise PipelineError(f"raft_weights: file not found: {path}; {_WEIGHTS_HINT}")
-        sd = _load_state_dict(path)
+        sd = {k.removeprefix("module."): v for k, v in read_weights(path, "raft_weights")[0].items()}
         small = _is_raft_small(sd)
         self._variant = "small" if small else "large"
         model = (raft_small if small else raft_large)(weights=None, progress=False)
-        expected = model.state_dict()
-        missing = [k for k in expected if k not in sd]
-        unexpected = [k for k in sd if k not in expected]
-        bad_shape = [
-            f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
-            for k, v in expected.items()
-            if k in sd and sd[k].shape != v.shape
-        ]
-        if missing or unexpected or bad_shape:
-            name = os.path.basename(path)
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-            if bad_shape:
-                parts.append(f"{len(bad_shape)} keys with the wrong shape (e.g. {'; '.join(bad_shape[:3])})")
+        parts = state_dict_mismatch(model.state_dict(), sd)
+        if parts:
             raise PipelineError(
-                f"raft_weights: '{name}' does not match torchvision's raft_{self._variant}: "
+                f"raft_weights: '{os.path.basename(path)}' does not match torchvision's "
+                f"raft_{self._variant}: "
                 + "; ".join(parts)
                 + ". Original princeton-vl RAFT checkpoints use other key names; "
                 + _WEIGHTS_HINT
@@ -484,8 +418,7 @@ def compute_flows(
     frame size). Pairs are processed one at a time; ``progress(done, total, text)`` is called after
     each estimated pair, so an exception from it (Cancel) stops between pairs.
     """
-    if frames.dim() != 4 or frames.shape[-1] != 3:
-        raise PipelineError(f"frames: expected (T, H, W, 3) images, got shape {tuple(frames.shape)}")
+    check_shape(frames, "T,H,W,3", "frames")
     T, H, W = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
     if T < 1:
         raise PipelineError("frames: the clip is empty")
@@ -495,21 +428,7 @@ def compute_flows(
         if len(store_size) != 2 or min(int(store_size[0]), int(store_size[1])) < 1:
             raise PipelineError(f"store_size: expected (height, width), got {store_size}")
         store = (int(store_size[0]), int(store_size[1]))
-    holes = None
-    if masks is not None:
-        if masks.dim() == 4 and masks.shape[-1] == 1:
-            masks = masks[..., 0]
-        if masks.dim() != 3 or masks.shape[0] not in (1, T):
-            raise PipelineError(
-                f"masks: expected ({T}, {H}, {W}) (or one mask for all frames), got {tuple(masks.shape)}"
-            )
-        if tuple(masks.shape[-2:]) != (H, W):
-            raise PipelineError(
-                f"masks: size {tuple(masks.shape[-2:])} differs from the frames' size {(H, W)}"
-            )
-        holes = masks.float().cpu()
-        if holes.shape[0] == 1 and T > 1:
-            holes = holes.expand(T, -1, -1)
+    holes = None if masks is None else as_masks(masks, T, (H, W), "masks").cpu()
     keys = sorted({int(k) for k in keyframes})
     bad = [k for k in keys if not 0 <= k < T]
     if bad:

@@ -18,23 +18,16 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import cv2
 import numpy as np
 import torch
 
-from .flow import FlowEstimator, fb_error, fill_flow_in_mask, flow_pair, warp
-from .progress import PipelineError, ProgressFn, report
-from .types import FlowSet
-
-
-class FrameSequence(Protocol):
-    """Anything indexable by frame: a ``(T,H,W,C)`` tensor or a lazy reader."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, t: int) -> torch.Tensor: ...
+from .errors import PipelineError
+from .flow import FlowEstimator, complete_flow, fb_error, flow_pair
+from .ops import dilate, warp
+from .progress import ProgressFn, report
+from .types import FlowSet, FrameSequence, FrameSink
 
 
 @dataclass
@@ -73,9 +66,6 @@ class PropagationConfig:
     flow_fill: str = "homography"
 
 
-FrameSink = Callable[[int, torch.Tensor, torch.Tensor], None]
-
-
 def telea_fill(frame: torch.Tensor, mask: torch.Tensor, radius: int = 5) -> torch.Tensor:
     """Per-frame classical inpainting (OpenCV Telea).
 
@@ -89,18 +79,6 @@ def telea_fill(frame: torch.Tensor, mask: torch.Tensor, radius: int = 5) -> torc
     filled = torch.from_numpy(out).to(frame) / 255.0
     m = torch.from_numpy(hole.astype(bool)).to(frame.device)[..., None]
     return torch.where(m, filled, frame)
-
-
-def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """(H,W) binary -> grown by ``radius`` pixels (elliptical kernel).
-
-    OpenCV's dilation: kornia's shift-and-max is ~50x slower for kernels of this size on CPU.
-    """
-    if radius <= 0 or not bool(mask.any()):
-        return mask
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    out = cv2.dilate((mask > 0.5).cpu().numpy().astype(np.uint8), k)
-    return torch.from_numpy(out).to(device=mask.device, dtype=torch.float32)
 
 
 class _PairFlows:
@@ -135,8 +113,8 @@ class _PairFlows:
     def get(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if t in self.cache:
             return self.cache[t]
-        m0 = _dilate(self.holes(t), self.cfg.flow_mask_dilation)
-        m1 = _dilate(self.holes(t + 1), self.cfg.flow_mask_dilation)
+        m0 = dilate(self.holes(t), self.cfg.flow_mask_dilation)
+        m1 = dilate(self.holes(t + 1), self.cfg.flow_mask_dilation)
         if self.flows is not None:
             fwd, bwd, _, _ = flow_pair(self.flows, t, self.size)
         else:
@@ -158,43 +136,6 @@ class _PairFlows:
     def evict_before(self, t: int) -> None:
         for k in [k for k in self.cache if k < t]:
             del self.cache[k]
-
-
-def complete_flow(
-    flow: torch.Tensor, hole: torch.Tensor, method: str = "homography", seed: int = 0, ring: int = 12
-) -> torch.Tensor:
-    """Replace the flow inside ``hole`` by a completion from the known flow around it.
-
-    flow: (2,H,W); hole: (H,W) 1 = replace. "idw": inverse-distance weighting from boundary samples
-    (SPEC A). "homography": a RANSAC homography fitted on a ring around the hole (camera motion,
-    exact for rotation/zoom/pan of distant backgrounds) plus the IDW-completed residual, falling back
-    to plain IDW when the fit is poor.
-    """
-    if not bool(hole.any()):
-        return flow
-    if method == "homography":
-        H, W = hole.shape
-        band = (_dilate(hole, ring) > 0.5) & (hole < 0.5)
-        ys, xs = torch.nonzero(band, as_tuple=True)
-        if len(ys) >= 16:
-            g = torch.Generator().manual_seed(seed)
-            pick = torch.randperm(len(ys), generator=g)[:3000]
-            ys, xs = ys[pick], xs[pick]
-            src = torch.stack([xs, ys], 1).float()
-            dst = src + flow[:, ys, xs].T
-            hm, inl = cv2.findHomography(src.numpy(), dst.numpy(), cv2.RANSAC, 1.0)
-            if hm is not None and inl is not None and float(inl.mean()) > 0.5:
-                gy, gx = torch.meshgrid(
-                    torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij"
-                )
-                hmt = torch.from_numpy(hm)
-                den = hmt[2, 0] * gx + hmt[2, 1] * gy + hmt[2, 2]
-                px = (hmt[0, 0] * gx + hmt[0, 1] * gy + hmt[0, 2]) / den
-                py = (hmt[1, 0] * gx + hmt[1, 1] * gy + hmt[1, 2]) / den
-                fh = torch.stack([px - gx, py - gy]).to(flow.dtype)
-                resid = fill_flow_in_mask((flow - fh)[None], hole[None], seed=seed)[0]
-                return torch.where(hole[None] > 0.5, fh + resid, flow)
-    return fill_flow_in_mask(flow[None], hole[None], seed=seed)[0]
 
 
 def _known_state(frame: torch.Tensor, hole: torch.Tensor, is_key: bool) -> torch.Tensor:
@@ -303,7 +244,7 @@ def propagate_fill(
             m = (masks[t].float() > 0.5).float()
             if t in edited_set:
                 m = torch.zeros_like(m)
-            hole_cache[t] = _dilate(m, cfg.mask_dilation)
+            hole_cache[t] = dilate(m, cfg.mask_dilation)
         return hole_cache[t]
 
     def frame(t: int) -> torch.Tensor:

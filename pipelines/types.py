@@ -7,9 +7,23 @@ and are *backward-warping* flows: ``flow_a_to_b(p)`` is where pixel ``p`` of fra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
+
+
+class FrameSequence(Protocol):
+    """Anything indexable by frame: a ``(T, H, W, C)`` tensor or a lazy reader of ``(H, W, C)`` frames."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, t: int) -> torch.Tensor: ...
+
+
+# Called as ``sink(t, filled (H, W, 3), unseen (H, W))`` for every frame of a clip, in order.
+FrameSink = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass

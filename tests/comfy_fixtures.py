@@ -121,8 +121,8 @@ def add_demo_clip(base: Path) -> bool:
 
 def add_two_stream(base: Path, seed: int = 0) -> Path:
     """models/two_stream/tiny.safetensors, also under the template's name ours_big.safetensors."""
-    from keyframe_propagation.pipelines.two_stream import TwoStreamGenerator
-    from keyframe_propagation.pipelines.two_stream_io import save_two_stream
+    from keyframe_propagation.pipelines.two_stream.io import save_two_stream
+    from keyframe_propagation.pipelines.two_stream.model import TwoStreamGenerator
 
     models = base / "models" / "two_stream"
     models.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,8 @@ def add_two_stream(base: Path, seed: int = 0) -> Path:
 
 def add_refine(base: Path) -> None:
     """models/inpaint/big-lama.pt (a tiny LaMa as TorchScript) and input/refine_{image,mask}.png."""
-    from keyframe_propagation.pipelines.lama import LamaConfig, random_lama
+    from keyframe_propagation.pipelines.refine.lama import LamaConfig
+    from keyframe_propagation.pipelines.testing.lama import random_lama
 
     (base / "models" / "inpaint").mkdir(parents=True, exist_ok=True)
     tiny = random_lama(LamaConfig(ngf=8, n_blocks=2), seed=1).eval()
@@ -154,7 +155,7 @@ def add_inbetween(base: Path) -> None:
     "released" reverse UNet (the img2vid base with its 32 temporal V/O weights changed), and the two
     keyframes input/inbetween_{first,last}.png (the real pair when present)."""
     from keyframe_propagation.pipelines.svd.loading import extract_reverse_delta
-    from keyframe_propagation.pipelines.svd.tiny import build_reverse_unet_folder, build_svd_folder
+    from keyframe_propagation.pipelines.testing.svd import build_reverse_unet_folder, build_svd_folder
 
     models = base / "models"
     build_svd_folder(models / "diffusers" / "stable-video-diffusion-img2vid-xt", seed=0)

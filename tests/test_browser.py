@@ -320,8 +320,8 @@ def test_filmstrip_route_rejects_bad_requests(server):
 def test_filmstrip_keyframe_grammar_matches_load_keyframes(editor: Editor):
     """The extension reads the keyframes widget with the same grammar as the node (oracle: Python's
     parse_keyframes), so a click toggles one frame and keeps the others."""
-    from keyframe_propagation.pipelines.frames import parse_keyframes
-    from keyframe_propagation.pipelines.progress import PipelineError
+    from keyframe_propagation.pipelines.clip import parse_keyframes
+    from keyframe_propagation.pipelines.errors import PipelineError
 
     cases = ["0", "0,20,40", "0-60:20", "10-14", "0,-1", "[3, 5]", "0 20 40", "5-2", "", "0,,7,", "x", "0,99"]
     cases += ["-10--1:3", "0-9:0", " 1 ; 2 ", "0 - 6 : 2"]

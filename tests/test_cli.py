@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from keyframe_propagation.cli import main
-from keyframe_propagation.comfy_client import is_api_format, ui_to_api
-from keyframe_propagation.pipelines.progress import PipelineError
+from keyframe_propagation.cli.comfy_client import is_api_format, ui_to_api
+from keyframe_propagation.pipelines.errors import PipelineError
 
 N_FRAMES, WIDTH, HEIGHT = 12, 160, 96
 DEMO_ARGS = ["--frames", str(N_FRAMES), "--width", str(WIDTH), "--height", str(HEIGHT)]

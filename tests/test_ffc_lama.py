@@ -15,16 +15,16 @@ import torch.nn as nn
 from conftest import reference_keys
 from safetensors.torch import save_file
 
+from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.ffc import FFCResnetBlock, FourierUnit
-from keyframe_propagation.pipelines.lama import (
+from keyframe_propagation.pipelines.refine.lama import (
     FFCResNetGenerator,
     LamaConfig,
     detect_lama_config,
     load_lama,
-    random_lama,
-    read_state_dict,
 )
-from keyframe_propagation.pipelines.progress import PipelineError
+from keyframe_propagation.pipelines.testing.lama import random_lama
+from keyframe_propagation.pipelines.weights import read_weights
 
 TINY = LamaConfig(ngf=8, n_blocks=2)
 
@@ -305,7 +305,7 @@ def test_partial_unknown_and_corrupt_files_name_the_file(tmp_path, tiny):
         load_lama(tmp_path / "corrupt.ckpt")
 
     with pytest.raises(PipelineError, match=r"missing\.pt.*not found"):
-        read_state_dict(tmp_path / "missing.pt")
+        read_weights(tmp_path / "missing.pt")
 
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(PipelineError, match=r"list\.pt.*not a state dict"):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.flow import (
     FlowEstimator,
     compute_flows,
@@ -16,10 +17,8 @@ from keyframe_propagation.pipelines.flow import (
     fill_flow_in_mask,
     flow_pair,
     flow_to_color,
-    resize_flow,
-    warp,
 )
-from keyframe_propagation.pipelines.progress import PipelineError
+from keyframe_propagation.pipelines.ops import resize_flow, warp
 
 H, W = 96, 128
 MARGIN = 16  # interior margin: borders have no correspondence under translation/rotation

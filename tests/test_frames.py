@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from keyframe_propagation.pipelines.frames import (
+from keyframe_propagation.pipelines.clip import (
     Clip,
     apply_edited_keyframes,
     binarize_mask,
@@ -28,7 +28,7 @@ from keyframe_propagation.pipelines.frames import (
     save_frames,
     write_video,
 )
-from keyframe_propagation.pipelines.progress import PipelineError
+from keyframe_propagation.pipelines.errors import PipelineError
 
 H, W = 40, 64
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cutie_judo_480p_keyframe_masks"

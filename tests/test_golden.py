@@ -35,7 +35,7 @@ def case(tol: float = 1e-5):
 
 
 def _clip(frames: int = 8, h: int = 32, w: int = 48, seed: int = 3):
-    from keyframe_propagation.pipelines.synthetic import make_clip
+    from keyframe_propagation.pipelines.testing.synthetic import make_clip
 
     return make_clip(num_frames=frames, height=h, width=w, pan=2.0, object_size=0.25, seed=seed)
 
@@ -48,7 +48,7 @@ def _clip(frames: int = 8, h: int = 32, w: int = 48, seed: int = 3):
 @case()
 def clip_preparation(tmp: Path) -> dict[str, torch.Tensor]:
     """Frames and masks read from files, masks matched by name, resized, an edited keyframe applied."""
-    from keyframe_propagation.pipelines import frames as fr
+    from keyframe_propagation.pipelines import clip as fr
 
     clip = _clip(frames=6, h=40, w=64)
     names = [f"f{t:03d}" for t in range(6)]
@@ -72,6 +72,7 @@ def flows(tmp: Path) -> dict[str, torch.Tensor]:
     """DIS flow of a clip with masks filled and keyframe pairs, then the flow operations."""
     from keyframe_propagation.pipelines.flow import (
         FlowEstimator,
+        complete_flow,
         compute_flows,
         fb_error,
         fill_flow_in_mask,
@@ -80,11 +81,12 @@ def flows(tmp: Path) -> dict[str, torch.Tensor]:
         resize_flow,
         warp,
     )
-    from keyframe_propagation.pipelines.propagate import complete_flow
 
     clip = _clip(frames=6)
     fs = compute_flows(clip.frames, FlowEstimator("dis", "medium"), masks=clip.masks, keyframes=[0, 5])
-    small = compute_flows(clip.frames[:3], FlowEstimator("dis", "fast", work_size=(32, 32)), store_size=(16, 24))
+    small = compute_flows(
+        clip.frames[:3], FlowEstimator("dis", "fast", work_size=(32, 32)), store_size=(16, 24)
+    )
     f, b, ef, eb = flow_pair(small, 1, (32, 48))
     raw = FlowEstimator("dis", "ultrafast")(clip.frames[:2], clip.frames[1:3])
     hole = clip.masks[0]
@@ -148,7 +150,7 @@ def _two_stream_inputs(seed: int = 5):
 @case()
 def two_stream_forward(tmp: Path) -> dict[str, torch.Tensor]:
     """The tiny two-stream generator: forward with keyframes and flows, inpaint, front and rear."""
-    from keyframe_propagation.pipelines.two_stream import TwoStreamGenerator
+    from keyframe_propagation.pipelines.two_stream.model import TwoStreamGenerator
 
     torch.manual_seed(0)
     model = TwoStreamGenerator("tiny").eval()
@@ -168,8 +170,8 @@ def two_stream_forward(tmp: Path) -> dict[str, torch.Tensor]:
 def two_stream_video(tmp: Path) -> dict[str, torch.Tensor]:
     """The video protocol: generated frames every 5, model flows, propagation in between."""
     from keyframe_propagation.pipelines.flow import FlowEstimator
-    from keyframe_propagation.pipelines.two_stream import TwoStreamGenerator
-    from keyframe_propagation.pipelines.two_stream_video import (
+    from keyframe_propagation.pipelines.two_stream.model import TwoStreamGenerator
+    from keyframe_propagation.pipelines.two_stream.video import (
         TwoStreamVideoConfig,
         model_flows,
         remove_with_model,
@@ -181,14 +183,15 @@ def two_stream_video(tmp: Path) -> dict[str, torch.Tensor]:
     cfg = TwoStreamVideoConfig(generate_every=5, keyframe_offsets=(-5, 5, 10), work_long_side=40)
     filled, unseen = remove_with_model(clip.frames, clip.masks, model, edited=[], config=cfg)
     f, e = model_flows(
-        clip.frames[3], clip.frames[[0, 8]], clip.masks[3], FlowEstimator("dis", "medium", work_size=(32, 32)),
-        (32, 32), seed=3,
+        clip.frames[3], clip.frames[[0, 8]], clip.masks[3],
+        FlowEstimator("dis", "medium", work_size=(32, 32)), (32, 32), seed=3,
     )  # fmt: skip
     return {"filled": filled, "unseen": unseen, "model_flows": f, "model_errors": e}
 
 
 def _lama():
-    from keyframe_propagation.pipelines.lama import LamaConfig, random_lama
+    from keyframe_propagation.pipelines.refine.lama import LamaConfig
+    from keyframe_propagation.pipelines.testing.lama import random_lama
 
     return random_lama(LamaConfig(ngf=8, n_blocks=2), seed=1)
 
@@ -219,14 +222,20 @@ def lama(tmp: Path) -> dict[str, torch.Tensor]:
 @case(tol=1e-4)
 def refinement(tmp: Path) -> dict[str, torch.Tensor]:
     """Multiscale refinement: the reference schedule on two levels, crop + early stop, a frame batch."""
-    from keyframe_propagation.pipelines.refine import RefineConfig, multiscale_refine, refine_frames
+    from keyframe_propagation.pipelines.refine.multiscale import (
+        RefineConfig,
+        multiscale_refine,
+        refine_frames,
+    )
 
     model = _lama()
     image, mask = _refine_sample()
     ref = multiscale_refine(model, image, mask, RefineConfig(n_iters=4, min_side=48))
     fast = multiscale_refine(
         model, image, mask,
-        RefineConfig(n_iters=5, min_side=48, crop=True, crop_margin=16, early_stop=True, patience=1, lr=0.006),
+        RefineConfig(
+            n_iters=5, min_side=48, crop=True, crop_margin=16, early_stop=True, patience=1, lr=0.006
+        ),
     )  # fmt: skip
     ckpt = multiscale_refine(model, image, mask, RefineConfig(n_iters=3, min_side=48, checkpoint_segments=3))
     frames = refine_frames(
@@ -244,7 +253,7 @@ def refinement(tmp: Path) -> dict[str, torch.Tensor]:
 
 def _svd_model(tmp: Path):
     from keyframe_propagation.pipelines.svd.loading import load_svd
-    from keyframe_propagation.pipelines.svd.tiny import build_svd_folder, random_reverse_delta
+    from keyframe_propagation.pipelines.testing.svd import build_svd_folder, random_reverse_delta
 
     folder = build_svd_folder(tmp / "svd", seed=0, perturb=0.02)
     model = load_svd(folder, "fp32")
@@ -266,7 +275,9 @@ def svd_sampler(tmp: Path) -> dict[str, torch.Tensor]:
     weighted = inbetween(
         model, a, b, InbetweenSettings(**base, fusion="weighted", decode_chunk_size=3, max_guidance=2.0)
     )
-    forward = sample_latents(model, a, None, InbetweenSettings(num_frames=4, steps=2, seed=1, branches="forward"))
+    forward = sample_latents(
+        model, a, None, InbetweenSettings(num_frames=4, steps=2, seed=1, branches="forward")
+    )
     return {
         "fused": fused,
         "reference": ref,

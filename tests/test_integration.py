@@ -16,8 +16,8 @@ import pytest
 from comfy_fixtures import PACK_DIR_NAME, TENNIS, add_demo_clip, new_base, serve
 from conftest import COMFYUI_PATH, REPO, comfyui_available
 
-from keyframe_propagation.comfy_client import ComfyClient, ui_to_api
-from keyframe_propagation.pipelines.progress import PipelineError
+from keyframe_propagation.cli.comfy_client import ComfyClient, ui_to_api
+from keyframe_propagation.pipelines.errors import PipelineError
 
 pytestmark = [
     pytest.mark.integration,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from keyframe_propagation.pipelines.progress import PipelineError
-from keyframe_propagation.pipelines.synthetic import make_clip, psnr_in_mask
+from keyframe_propagation.pipelines.errors import PipelineError
+from keyframe_propagation.pipelines.testing.synthetic import make_clip, psnr_in_mask
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from keyframe_propagation.pipelines import propagate as prop
+from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.flow import FlowEstimator, compute_flows
-from keyframe_propagation.pipelines.progress import PipelineError
 from keyframe_propagation.pipelines.propagate import PropagationConfig, propagate_fill, telea_fill
-from keyframe_propagation.pipelines.synthetic import make_clip, psnr_in_mask
+from keyframe_propagation.pipelines.testing.synthetic import make_clip, psnr_in_mask
 from keyframe_propagation.pipelines.types import FlowSet
 
 T, H, W = 16, 96, 160
@@ -360,7 +360,7 @@ def test_flowset_without_masks_gives_the_internal_result(clip, default_result):
 def test_homography_completion_recovers_a_projective_flow_field():
     """Camera rotation/zoom gives a projective flow; the completion must recover it inside a hole
     from the ring around it (oracle: the analytic field), far better than plain IDW."""
-    from keyframe_propagation.pipelines.propagate import complete_flow
+    from keyframe_propagation.pipelines.flow import complete_flow
 
     H, W = 120, 200
     hm = np.array([[1.02, 0.03, -4.0], [-0.02, 1.01, 3.0], [1e-4, -5e-5, 1.0]])

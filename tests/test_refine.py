@@ -15,9 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from keyframe_propagation.pipelines import refine as R
-from keyframe_propagation.pipelines.lama import LamaConfig, random_lama
-from keyframe_propagation.pipelines.progress import PipelineError
+from keyframe_propagation.pipelines.errors import PipelineError
+from keyframe_propagation.pipelines.ops import pad_to_modulo
+from keyframe_propagation.pipelines.refine import multiscale as R
+from keyframe_propagation.pipelines.refine.lama import LamaConfig
+from keyframe_propagation.pipelines.testing.lama import random_lama
 
 TINY = LamaConfig(ngf=8, n_blocks=2)
 H, W = 128, 160  # with min_side 64: two levels, 64x80 and 128x160
@@ -61,9 +63,9 @@ def test_pyramid_sizes_and_padding_for_odd_sizes():
     images, masks = R.build_pyramid(image, mask)
     assert [tuple(i.shape[-2:]) for i in images] == [(547, 821), (1095, 1642)]
     assert [tuple(m.shape[-2:]) for m in masks] == [(547, 821), (1095, 1642)]
-    padded = R.pad_to_modulo(images[0], 8)
+    padded = pad_to_modulo(images[0], 8)
     assert tuple(padded.shape[-2:]) == (552, 824)
-    assert tuple(R.pad_to_modulo(images[1], 8).shape[-2:]) == (1096, 1648)
+    assert tuple(pad_to_modulo(images[1], 8).shape[-2:]) == (1096, 1648)
     # Reflection at the bottom/right: row 547 + k mirrors row 547 - 2 - k (edge row not repeated).
     assert torch.equal(padded[..., :547, :821], images[0])
     assert torch.equal(padded[..., 547:, :821], images[0][..., 541:546, :].flip(-2))
@@ -416,7 +418,7 @@ def test_cli_refine(tmp_path, model):
     from safetensors.torch import save_file
 
     from keyframe_propagation.cli import main
-    from keyframe_propagation.pipelines.frames import load_image_tensor
+    from keyframe_propagation.pipelines.clip import load_image_tensor
 
     save_file(model.state_dict(), tmp_path / "tiny.safetensors")
     g = np.random.default_rng(0)

@@ -10,7 +10,7 @@ import pytest
 from conftest import COMFYUI_PATH, REPO, comfyui_available
 from PIL import Image
 
-from keyframe_propagation.comfy_client import ComfyClient, ui_to_api
+from keyframe_propagation.cli.comfy_client import ComfyClient, ui_to_api
 
 pytestmark = [
     pytest.mark.integration,

@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from keyframe_propagation.pipelines.lama import LamaConfig, random_lama
-from keyframe_propagation.pipelines.progress import PipelineError
-from keyframe_propagation.pipelines.refine import RefineConfig, refine_frames
+from keyframe_propagation.pipelines.errors import PipelineError
+from keyframe_propagation.pipelines.refine.lama import LamaConfig
+from keyframe_propagation.pipelines.refine.multiscale import RefineConfig, refine_frames
+from keyframe_propagation.pipelines.testing.lama import random_lama
 
 TINY = LamaConfig(ngf=8, n_blocks=2)
 
@@ -228,7 +229,7 @@ def test_refine_in_a_real_comfyui_server(tmp_path, tiny):
     from comfy_fixtures import serve
     from PIL import Image
 
-    from keyframe_propagation.comfy_client import ComfyClient
+    from keyframe_propagation.cli.comfy_client import ComfyClient
 
     base = tmp_path / "comfy_base"
     (base / "custom_nodes" / "kfp_refine_probe").mkdir(parents=True)

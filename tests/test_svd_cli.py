@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from keyframe_propagation.cli import main
 from keyframe_propagation.pipelines.svd.loading import DELTA_FORMAT
-from keyframe_propagation.pipelines.svd.tiny import build_reverse_unet_folder, build_svd_folder
+from keyframe_propagation.pipelines.testing.svd import build_reverse_unet_folder, build_svd_folder
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from conftest import COMFYUI_PATH, comfyui_available
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from keyframe_propagation.pipelines.progress import PipelineError
+from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.svd.loading import (
     DELTA_FORMAT,
     extract_reverse_delta,
@@ -28,7 +28,7 @@ from keyframe_propagation.pipelines.svd.loading import (
     read_reverse_delta,
     save_reverse_delta,
 )
-from keyframe_propagation.pipelines.svd.tiny import TINY_CLIP, TINY_UNET, TINY_VAE, build_svd_folder
+from keyframe_propagation.pipelines.testing.svd import TINY_CLIP, TINY_UNET, TINY_VAE, build_svd_folder
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from keyframe_propagation.pipelines.progress import PipelineError
+from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.svd.loading import extract_reverse_delta
-from keyframe_propagation.pipelines.svd.tiny import build_reverse_unet_folder, build_svd_folder
+from keyframe_propagation.pipelines.testing.svd import build_reverse_unet_folder, build_svd_folder
 from keyframe_propagation.pipelines.types import Keyframes as KeyframesData
 
 

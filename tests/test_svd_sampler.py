@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from keyframe_propagation.pipelines.progress import PipelineError
+from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.svd.attention import DualAttentionState, install_dual_attention
 from keyframe_propagation.pipelines.svd.loading import load_svd
 from keyframe_propagation.pipelines.svd.sampler import InbetweenSettings, inbetween, inbetween_keyframes
-from keyframe_propagation.pipelines.svd.tiny import build_svd_folder, random_reverse_delta
+from keyframe_propagation.pipelines.testing.svd import build_svd_folder, random_reverse_delta
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,15 @@ import random
 import pytest
 import torch
 
-from keyframe_propagation.pipelines.progress import PipelineError
+from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.svd.loading import load_svd
-from keyframe_propagation.pipelines.svd.tiny import build_svd_folder
 from keyframe_propagation.pipelines.svd.train import (
     ReverseMotionTrainer,
     TrainSettings,
     random_clips,
     train_reverse_motion,
 )
+from keyframe_propagation.pipelines.testing.svd import build_svd_folder
 
 
 def moving_square(frames: int, seed: int, size: int = 64) -> torch.Tensor:

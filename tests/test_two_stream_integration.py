@@ -9,9 +9,9 @@ import pytest
 from conftest import COMFYUI_PATH, REPO, comfyui_available
 from PIL import Image
 
-from keyframe_propagation.comfy_client import ComfyClient
-from keyframe_propagation.pipelines.progress import PipelineError
-from keyframe_propagation.pipelines.synthetic import make_clip
+from keyframe_propagation.cli.comfy_client import ComfyClient
+from keyframe_propagation.pipelines.errors import PipelineError
+from keyframe_propagation.pipelines.testing.synthetic import make_clip
 
 pytestmark = [
     pytest.mark.integration,
@@ -123,7 +123,7 @@ def test_example_workflow_converts_and_runs(server, object_info):
     and runs to success (tiny model under the template's file name, CPU settings)."""
     import json
 
-    from keyframe_propagation.comfy_client import ui_to_api
+    from keyframe_propagation.cli.comfy_client import ui_to_api
 
     ui = json.loads((REPO / "example_workflows" / "remove_object_two_stream.json").read_text())
     api = json.loads((REPO / "example_workflows" / "api" / "remove_object_two_stream_api.json").read_text())

@@ -13,16 +13,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from keyframe_propagation.pipelines.progress import PipelineError
-from keyframe_propagation.pipelines.two_stream import CONFIGS, TwoStreamConfig, TwoStreamGenerator
-from keyframe_propagation.pipelines.two_stream_io import (
+from keyframe_propagation.pipelines.errors import PipelineError
+from keyframe_propagation.pipelines.two_stream.io import (
     config_name,
     convert_two_stream,
     detect_two_stream_config,
     load_two_stream,
-    read_weights,
+    read_generator_file,
     save_two_stream,
 )
+from keyframe_propagation.pipelines.two_stream.model import CONFIGS, TwoStreamConfig, TwoStreamGenerator
 
 
 class LightningCallbackLike:
@@ -126,7 +126,7 @@ def test_convert_to_generator_only_safetensors(tmp_path, tiny, probe):
     torch.save(_lightning_ckpt(tiny), src)
     dst, cfg = convert_two_stream(src, tmp_path / "out" / "gen.safetensors")
     assert config_name(cfg) == "tiny"
-    sd, meta = read_weights(dst)
+    sd, meta = read_generator_file(dst)
     assert set(sd) == set(tiny.state_dict())  # no prefix, nothing but the generator
     assert meta["num_heads"] == 8
     assert _same(load_two_stream(dst), tiny, probe)

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from conftest import reference_keys
 
-from keyframe_propagation.pipelines.progress import PipelineError
-from keyframe_propagation.pipelines.two_stream import (
+from keyframe_propagation.pipelines.errors import PipelineError
+from keyframe_propagation.pipelines.ops import warp
+from keyframe_propagation.pipelines.two_stream.io import config_name, detect_two_stream_config
+from keyframe_propagation.pipelines.two_stream.model import (
     CONFIGS,
     DeformableWrite,
     TwoStreamConfig,
@@ -24,9 +26,7 @@ from keyframe_propagation.pipelines.two_stream import (
     local_read,
     local_write,
     snap_to_windows,
-    warp_features,
 )
-from keyframe_propagation.pipelines.two_stream_io import config_name, detect_two_stream_config
 
 
 def _reference(name: str) -> dict:
@@ -205,16 +205,16 @@ def test_write_matches_a_per_pixel_loop():
     assert out.shape == (1, 6, 10, 7) and torch.allclose(out, expect, atol=1e-6)
 
 
-def test_warp_features_shifts_by_the_resized_flow():
+def test_warp_of_features_shifts_by_the_resized_flow():
     g = torch.Generator().manual_seed(2)
     feat = torch.rand(1, 3, 8, 10, generator=g)
     # Flow of +2 px in x at 4x the resolution = +0.5... use +8 px at 4x = +2 px at the feature size.
     flow = torch.zeros(1, 2, 32, 40)
     flow[:, 0] = 8.0
-    out = warp_features(feat, flow)
+    out = warp(feat, flow)
     assert torch.allclose(out[..., :, :8], feat[..., :, 2:], atol=1e-5)
     assert float(out[..., :, 8:].abs().max()) == 0.0  # zero padding outside
-    assert torch.allclose(warp_features(feat, torch.zeros(1, 2, 8, 10)), feat, atol=1e-6)
+    assert torch.allclose(warp(feat, torch.zeros(1, 2, 8, 10)), feat, atol=1e-6)
 
 
 def test_deformable_write_with_zero_flow_and_identical_keyframes():
@@ -321,7 +321,7 @@ def test_bf16_runs_close_to_fp32():
 
 
 def test_refinement_protocol_without_keyframes(tiny):
-    from keyframe_propagation.pipelines.refine import Refinable
+    from keyframe_propagation.pipelines.refine.multiscale import Refinable
 
     assert isinstance(tiny, Refinable)
     g = torch.Generator().manual_seed(8)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from keyframe_propagation.pipelines.progress import PipelineError
-from keyframe_propagation.pipelines.synthetic import make_clip
-from keyframe_propagation.pipelines.two_stream import TwoStreamGenerator
-from keyframe_propagation.pipelines.two_stream_io import save_two_stream
+from keyframe_propagation.pipelines.errors import PipelineError
+from keyframe_propagation.pipelines.testing.synthetic import make_clip
+from keyframe_propagation.pipelines.two_stream.io import save_two_stream
+from keyframe_propagation.pipelines.two_stream.model import TwoStreamGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from keyframe_propagation.pipelines.progress import PipelineError
-from keyframe_propagation.pipelines.synthetic import make_clip
-from keyframe_propagation.pipelines.two_stream_io import config_name, load_two_stream, read_weights
-from keyframe_propagation.pipelines.two_stream_train import (
+from keyframe_propagation.pipelines.errors import PipelineError
+from keyframe_propagation.pipelines.testing.synthetic import make_clip
+from keyframe_propagation.pipelines.two_stream.io import config_name, load_two_stream
+from keyframe_propagation.pipelines.two_stream.train import (
     PatchDiscriminator,
     ResNetPL,
     SyntheticKeyframes,
@@ -28,6 +28,7 @@ from keyframe_propagation.pipelines.two_stream_train import (
     random_irregular_mask,
     train,
 )
+from keyframe_propagation.pipelines.weights import read_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,7 +144,7 @@ def test_training_lowers_the_loss(trained):
 def test_known_pixels_are_learnt(images, tmp_path):
     """With the L1 term alone, a few dozen steps already lower the known-pixel error on held-out
     examples (with the full recipe the feature-matching term dominates the first steps)."""
-    from keyframe_propagation.pipelines.two_stream import TwoStreamGenerator
+    from keyframe_propagation.pipelines.two_stream.model import TwoStreamGenerator
 
     cfg = _tiny_cfg(images, tmp_path / "l1", steps=30, weight_adversarial=0.0, weight_feature_matching=0.0)
     torch.manual_seed(cfg.seed)  # as train() does before building the generator: same init
@@ -195,7 +196,7 @@ def test_resume_continues_from_the_checkpoint(images, tmp_path):
 def test_perceptual_loss_with_given_weights(images, tmp_path):
     """With encoder weights given (random ones here, in the ADE20k file's key layout), the perceptual
     loss is computed and logged; a file with other keys is refused by name."""
-    from keyframe_propagation.pipelines.two_stream_train import _ResNet50Dilated
+    from keyframe_propagation.pipelines.two_stream.train.losses import _ResNet50Dilated
 
     torch.manual_seed(0)
     enc = _ResNet50Dilated()

@@ -11,17 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
+from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.flow import FlowEstimator, compute_flows
-from keyframe_propagation.pipelines.progress import PipelineError
-from keyframe_propagation.pipelines.synthetic import make_clip
-from keyframe_propagation.pipelines.two_stream import TwoStreamGenerator
-from keyframe_propagation.pipelines.two_stream_io import save_two_stream
-from keyframe_propagation.pipelines.two_stream_video import (
+from keyframe_propagation.pipelines.testing.synthetic import make_clip
+from keyframe_propagation.pipelines.two_stream.flows import model_flows
+from keyframe_propagation.pipelines.two_stream.io import save_two_stream
+from keyframe_propagation.pipelines.two_stream.model import TwoStreamGenerator
+from keyframe_propagation.pipelines.two_stream.video import (
     TwoStreamVideo,
     TwoStreamVideoConfig,
     generated_indices,
     keyframes_for,
-    model_flows,
     parse_offsets,
     remove_with_model,
     working_size,

@@ -430,7 +430,7 @@ def main() -> None:
         return
     with urllib.request.urlopen(f"{args.server}/object_info") as r:
         info = json.loads(r.read())
-    from keyframe_propagation.comfy_client import ui_to_api
+    from keyframe_propagation.cli.comfy_client import ui_to_api
 
     (WORKFLOWS / "api").mkdir(parents=True, exist_ok=True)
     for name, spec in EXAMPLES.items():

@@ -199,11 +199,3 @@ def install_dual_attention(unet: torch.nn.Module, state: DualAttentionState) -> 
         procs[key] = DualTemporalAttnProcessor(layer, state) if layer in layers else proc
     unet.set_attn_processor(procs)
     return layers
-
-
-def dual_attention_state(unet: torch.nn.Module) -> DualAttentionState | None:
-    """The state shared by the dual processors installed in ``unet``, or None."""
-    for proc in unet.attn_processors.values():
-        if isinstance(proc, DualTemporalAttnProcessor):
-            return proc.state
-    return None

@@ -21,27 +21,15 @@ from pathlib import Path
 
 import torch
 
-from ..progress import PipelineError
+from ..checks import parse_dtype
+from ..errors import PipelineError
+from ..weights import read_weights, weight_keys
+from .folders import is_svd_folder, unet_weight_file
 from .model import CLIP_MEAN, CLIP_STD, InbetweenModel, check_reverse_tensors
 from .single_file import CONFIG_DIR, load_single_file, read_config, unet_tensors_from_single_file
 
 DELTA_FORMAT = "kfp_svd_reverse_delta"
 REVERSE_NAME_RE = re.compile(r"temporal_transformer_blocks\.0\.attn1\.(to_v|to_out\.0)\.weight$")
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-_WEIGHT_FILES = (
-    "diffusion_pytorch_model.safetensors",
-    "diffusion_pytorch_model.fp16.safetensors",
-    "diffusion_pytorch_model.bin",
-    "diffusion_pytorch_model.fp16.bin",
-)
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise PipelineError(f"dtype: {name!r} is not one of {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,10 +46,6 @@ def _variant(folder: Path, stem: str) -> str | None:
 
 def _json_or(path: Path, fallback: Path) -> dict:
     return json.loads((path if path.is_file() else fallback).read_text())
-
-
-def is_svd_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "unet" / "config.json").is_file() and (path / "vae").is_dir()
 
 
 def load_svd(
@@ -133,20 +117,6 @@ def load_svd(
 # ----------------------------------------------------------------------------------------------
 # Reverse weights
 # ----------------------------------------------------------------------------------------------
-def _unet_weight_file(path: Path) -> Path:
-    """The weights file of a diffusers UNet given as folder (``.../unet`` or its parent) or file."""
-    if path.is_file():
-        return path
-    for folder in (path, path / "unet"):
-        for name in _WEIGHT_FILES:
-            if (folder / name).is_file():
-                return folder / name
-    raise PipelineError(
-        f"{path}: no UNet weights found (expected unet/diffusion_pytorch_model.safetensors or a "
-        ".safetensors file)"
-    )
-
-
 def _unet_config(path: Path) -> dict | None:
     for p in (path / "config.json", path / "unet" / "config.json", path.parent / "config.json"):
         if p.is_file():
@@ -154,56 +124,24 @@ def _unet_config(path: Path) -> dict | None:
     return None
 
 
-def _file_keys(path: Path) -> list[str]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return list(f.keys())
-        except Exception as e:
-            raise PipelineError(f"{path}: not a readable .safetensors file ({e})") from e
-    return list(_torch_load(path).keys())
-
-
-def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise PipelineError(f"{path}: cannot read the weights ({e})") from e
-
-
 def _read_tensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
     """The named tensors of a weights file (float32, CPU); absent names are left out."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            keys = set(f.keys())
-            return {n: f.get_tensor(n).float() for n in names if n in keys}
-    sd = _torch_load(path)
-    return {n: sd[n].float() for n in names if n in sd}
+    return {n: t.float() for n, t in read_weights(path, "reverse weights", names)[0].items()}
 
 
 def _is_delta_file(path: Path) -> bool:
     if not (path.is_file() and path.suffix == ".safetensors"):
         return False
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == DELTA_FORMAT
-    except Exception as e:
-        raise PipelineError(f"{path}: not a readable .safetensors file ({e})") from e
+    return read_weights(path, "reverse weights", names=())[1].get("format") == DELTA_FORMAT
 
 
 def _base_tensors(base: Path, names: list[str], layers_per_block: int) -> dict[str, torch.Tensor]:
     """Named diffusers UNet tensors of the base: diffusers folder/file or an original-layout file."""
     if base.is_file() and base.suffix == ".safetensors":
-        keys = _file_keys(base)
+        keys = weight_keys(base)
         if any(k.startswith("model.diffusion_model.") for k in keys):
             return unet_tensors_from_single_file(base, names, layers_per_block)
-    return _read_tensors(_unet_weight_file(base), names)
+    return _read_tensors(unet_weight_file(base), names)
 
 
 def reverse_names(keys: list[str]) -> list[str]:
@@ -227,7 +165,7 @@ def read_reverse_delta(
     if _is_delta_file(source):
         if base is not None:
             raise PipelineError(f"reverse weights: {source} is a compact delta file; it needs no base UNet")
-        delta = _read_tensors(source, _file_keys(source))
+        delta = _read_tensors(source, weight_keys(source))
         if expected is not None:
             extra = sorted(set(delta) - set(expected))
             if extra:
@@ -238,8 +176,8 @@ def read_reverse_delta(
             check_reverse_tensors(delta, expected, str(source))
         return delta
     # Form (a): a full fine-tuned UNet; the delta needs its base.
-    weights = _unet_weight_file(source)
-    names = reverse_names(_file_keys(weights))
+    weights = unet_weight_file(source)
+    names = reverse_names(weight_keys(weights))
     if not names:
         raise PipelineError(
             f"{weights}: neither a compact reverse-motion delta file nor an SVD UNet "
@@ -334,13 +272,10 @@ def load_inbetween_model(
 
 __all__ = [
     "DELTA_FORMAT",
-    "DTYPES",
     "extract_reverse_delta",
-    "is_svd_folder",
     "load_inbetween_model",
     "load_reverse",
     "load_svd",
-    "parse_dtype",
     "read_config",
     "read_reverse_delta",
     "save_reverse_delta",

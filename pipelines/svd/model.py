@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..progress import PipelineError
+from ..errors import PipelineError
 from .attention import DualAttentionState, install_dual_attention, reverse_param_names
 
 # CLIP normalisation (OpenAI CLIP / OpenCLIP), used when a folder has no preprocessor config.
@@ -91,15 +91,6 @@ class InbetweenModel:
             w = sd[name]
             self.state.reverse[name] = (w.float() + delta[name].to(w.device, torch.float32)).to(w.dtype)
         self.reverse_source = source
-
-    def clear_reverse(self) -> None:
-        self.state.reverse.clear()
-        self.reverse_source = ""
-
-    def reverse_delta(self) -> dict[str, torch.Tensor]:
-        """Reverse minus forward tensors (float32, CPU)."""
-        sd = self.unet.state_dict()
-        return {n: (w.float() - sd[n].float()).cpu() for n, w in self.state.reverse.items()}
 
     @contextlib.contextmanager
     def reverse_weights_in_unet(self) -> Iterator[torch.nn.Module]:

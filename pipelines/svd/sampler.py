@@ -32,9 +32,11 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
-from ..progress import PipelineError, ProgressFn, report
+from ..errors import PipelineError
+from ..progress import ProgressFn, report
+from .compat import set_step_index
+from .conditioning import check_size, clip_embedding, image_to_tensor, vae_latent
 from .model import InbetweenModel
 
 FUSIONS = ("average", "weighted")
@@ -113,59 +115,6 @@ class _Cond:
 
     embedding: torch.Tensor
     latent: torch.Tensor
-
-
-# ----------------------------------------------------------------------------------------------
-# Conditioning
-# ----------------------------------------------------------------------------------------------
-def _image_to_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
-    """(H, W, 3) or (1, H, W, 3) in [0, 1] -> (1, 3, H, W) float32."""
-    if image.ndim == 4:
-        if image.shape[0] != 1:
-            raise PipelineError(f"{what}: expected one image, got a batch of {image.shape[0]}")
-        image = image[0]
-    if image.ndim != 3 or image.shape[-1] < 3:
-        raise PipelineError(f"{what}: expected an (H, W, 3) image, got shape {tuple(image.shape)}")
-    return image[..., :3].permute(2, 0, 1)[None].float().clamp(0, 1)
-
-
-def check_size(height: int, width: int, what: str = "keyframes") -> None:
-    if height % 64 or width % 64 or height < 64 or width < 64:
-        raise PipelineError(
-            f"{what}: size {width}x{height} is not a multiple of 64 (SVD latents are downsampled 3 more "
-            "times in the UNet); resize the keyframes, e.g. to 1024x576"
-        )
-
-
-@torch.no_grad()
-def _clip_embedding(model: InbetweenModel, image: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(1, 3, H, W) in [0, 1] -> (1, 1, D), as the diffusers pipeline encodes a PIL image."""
-    from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
-        _resize_with_antialiasing,
-    )
-
-    x = image.to(device) * 2.0 - 1.0
-    x = (_resize_with_antialiasing(x, (224, 224)) + 1.0) / 2.0
-    mean = torch.tensor(model.image_mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(model.image_std, device=device).view(1, 3, 1, 1)
-    x = ((x - mean) / std).to(model.image_encoder.dtype)
-    return model.image_encoder(x).image_embeds.unsqueeze(1)
-
-
-@torch.no_grad()
-def _vae_latent(model: InbetweenModel, image: torch.Tensor, noise: torch.Tensor, aug: float) -> torch.Tensor:
-    """(1, 3, H, W) in [0, 1] -> (1, 4, h, w) noise-augmented conditioning latent (unscaled mode)."""
-    vae = model.vae
-    x = image.to(noise.device) * 2.0 - 1.0 + aug * noise
-    # The fp16 SVD VAE overflows when encoding: run the encoder in float32 as the pipeline does.
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    if upcast:
-        vae.to(torch.float32)
-    try:
-        return vae.encode(x.to(vae.dtype)).latent_dist.mode()
-    finally:
-        if upcast:
-            vae.to(torch.float16)
 
 
 def _randn(
@@ -274,12 +223,6 @@ def _scheduler(model: InbetweenModel):
     return EulerDiscreteScheduler.from_config(model.scheduler_config)
 
 
-def _at_step(scheduler, index: int) -> None:
-    # diffusers' Euler scheduler advances its step index on every step(); re-injection redoes a step at
-    # the same sigma, so the index is set explicitly before each use.
-    scheduler._step_index = index
-
-
 def sample_latents(
     model: InbetweenModel,
     first: torch.Tensor,
@@ -301,13 +244,13 @@ def sample_latents(
     device = torch.device(device) if device is not None else model.device
     off = torch.device(offload_device) if offload_device is not None else None
     num_frames = s.num_frames or model.default_frames
-    img_f = _image_to_tensor(first, "first keyframe")
+    img_f = image_to_tensor(first, "first keyframe")
     H, W = img_f.shape[-2:]
     check_size(H, W, "first keyframe")
     if s.branches != "forward":
         if last is None:
             raise PipelineError("last keyframe: required for inbetweening")
-        img_l = _image_to_tensor(last, "last keyframe")
+        img_l = image_to_tensor(last, "last keyframe")
         if img_l.shape[-2:] != img_f.shape[-2:]:
             raise PipelineError(
                 f"last keyframe: size {img_l.shape[-1]}x{img_l.shape[-2]} differs from the first "
@@ -324,18 +267,16 @@ def sample_latents(
         model.to(device)
     if off is not None:
         model.place("image_encoder", device)
-    emb_f = _clip_embedding(model, img_f, device).to(dt)
-    emb_l = _clip_embedding(model, img_l, device).to(dt) if s.branches != "forward" else emb_f
+    emb_f = clip_embedding(model, img_f, device).to(dt)
+    emb_l = clip_embedding(model, img_l, device).to(dt) if s.branches != "forward" else emb_f
     if off is not None:
         model.place("image_encoder", off)
     if off is not None:
         model.place("vae", device)
     aug_noise = _randn(tuple(img_f.shape), gen, device, torch.float32)  # shared by both keyframes
-    lat_f = _vae_latent(model, img_f, aug_noise, s.noise_aug_strength).to(dt)
+    lat_f = vae_latent(model, img_f, aug_noise, s.noise_aug_strength).to(dt)
     lat_l = (
-        _vae_latent(model, img_l, aug_noise, s.noise_aug_strength).to(dt)
-        if s.branches != "forward"
-        else lat_f
+        vae_latent(model, img_l, aug_noise, s.noise_aug_strength).to(dt) if s.branches != "forward" else lat_f
     )
     if off is not None:
         model.place("vae", off)
@@ -366,9 +307,9 @@ def sample_latents(
                 if r > 0:  # back from sigma_{i+1} to sigma_i
                     std = math.sqrt(max(float(sigmas[i]) ** 2 - float(sigmas[i + 1]) ** 2, 0.0))
                     z = z + _randn(tuple(z.shape), gen, device, z.dtype) * std
-                _at_step(scheduler, i)
+                set_step_index(scheduler, i)
                 eps = denoise(z, t, scheduler)
-                _at_step(scheduler, i)
+                set_step_index(scheduler, i)
                 z = scheduler.step(eps, t, z, return_dict=False)[0]
                 done += 1
                 report(
@@ -476,12 +417,3 @@ def inbetween_keyframes(
         lat = lat.float().cpu()
         lats.append(lat if k == 0 else lat[1:])
     return InbetweenResult(frames=torch.cat(frames) if decode else None, latents=torch.cat(lats))
-
-
-def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(H, W, C) -> (height, width, C), bicubic with antialiasing, clamped to [0, 1]."""
-    if tuple(image.shape[:2]) == (height, width):
-        return image
-    x = image.permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-    return x[0].permute(1, 2, 0).clamp(0, 1)

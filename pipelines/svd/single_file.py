@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ..progress import PipelineError
+from ..errors import PipelineError
+from ..weights import state_dict_mismatch, weight_keys
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -238,16 +239,6 @@ def read_config(config_dir: Path, name: str) -> dict:
         raise PipelineError(f"{path}: cannot read the config ({e})") from e
 
 
-def _keys(path: Path) -> list[str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return list(f.keys())
-    except Exception as e:
-        raise PipelineError(f"{path}: not a readable .safetensors file ({e})") from e
-
-
 def _map_each(fn, keys: list[str]) -> tuple[dict[str, str], list[str]]:
     """Apply a one-key name map to each key; keys it does not know are returned separately."""
     out, unknown = {}, []
@@ -263,22 +254,9 @@ def _build(cls, config: dict, state: dict[str, torch.Tensor], path: Path, what: 
     """Instantiate ``cls`` on the meta device and assign ``state`` (no random init, no second copy)."""
     with torch.device("meta"):
         model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing or extra:
-        raise PipelineError(
-            f"{path}: the {what} tensors do not match the {what} config: "
-            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}"
-        )
-    bad = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
-    if bad:
-        k = bad[0]
-        raise PipelineError(
-            f"{path}: {what} tensor {k} has shape {tuple(state[k].shape)}, expected "
-            f"{tuple(expected[k].shape)} ({len(bad)} mismatching)"
-        )
+    parts = state_dict_mismatch(model.state_dict(), state)
+    if parts:
+        raise PipelineError(f"{path}: the {what} tensors do not match the {what} config: " + "; ".join(parts))
     model.load_state_dict(state, strict=True, assign=True)
     for name, buf in list(model.named_buffers()):
         if buf.is_meta:  # non-persistent buffers are not in checkpoints
@@ -305,7 +283,7 @@ def load_single_file(
     sched_cfg = read_config(config_dir, "scheduler/scheduler_config.json")
     pre_cfg = read_config(config_dir, "feature_extractor/preprocessor_config.json")
 
-    keys = _keys(path)
+    keys = weight_keys(path, "svd")
     unet_keys = [k[len(UNET_PREFIX) :] for k in keys if k.startswith(UNET_PREFIX)]
     vae_keys = [k[len(VAE_PREFIX) :] for k in keys if k.startswith(VAE_PREFIX)]
     clip_keys = [k[len(CLIP_PREFIX) :] for k in keys if k.startswith(CLIP_PREFIX)]
@@ -364,7 +342,7 @@ def unet_tensors_from_single_file(
     """Only the named diffusers UNet tensors of an original-layout checkpoint (float32)."""
     from safetensors import safe_open
 
-    keys = [k[len(UNET_PREFIX) :] for k in _keys(path) if k.startswith(UNET_PREFIX)]
+    keys = [k[len(UNET_PREFIX) :] for k in weight_keys(path, "svd") if k.startswith(UNET_PREFIX)]
     if not keys:
         raise PipelineError(f"{path}: no UNet tensors ({UNET_PREFIX}*); not a Stability SVD checkpoint")
     inverse = {v: k for k, v in _map_each(lambda k: unet_key_map([k], layers_per_block), keys)[0].items()}

@@ -27,9 +27,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..progress import PipelineError, ProgressFn, report
+from ..clip import VIDEO_EXTENSIONS, load_frames
+from ..errors import PipelineError
+from ..progress import ProgressFn, report
+from .conditioning import check_size, clip_embedding, image_to_tensor, resize_image, vae_latent
 from .model import InbetweenModel
-from .sampler import _clip_embedding, _image_to_tensor, _vae_latent, check_size, resize_image
 
 
 @dataclass
@@ -55,17 +57,15 @@ class TrainSettings:
 
 def load_videos(folder: str | Path, num_frames: int, height: int, width: int) -> list[torch.Tensor]:
     """Training clips from a folder of videos and/or frame folders: each (T, H, W, 3) in [0, 1], T >= F."""
-    from .. import frames as fr
-
     folder = Path(folder)
     if not folder.is_dir():
         raise PipelineError(f"videos: {folder} is not a folder")
-    entries = sorted(p for p in folder.iterdir() if p.is_dir() or p.suffix.lower() in fr.VIDEO_EXTENSIONS)
+    entries = sorted(p for p in folder.iterdir() if p.is_dir() or p.suffix.lower() in VIDEO_EXTENSIONS)
     if not entries:
         raise PipelineError(f"videos: {folder} holds no video files or frame folders")
     clips = []
     for p in entries:
-        clip = fr.load_frames(p)
+        clip = load_frames(p)
         frames = clip.frames
         if frames.shape[0] < num_frames:
             continue
@@ -113,10 +113,10 @@ class ReverseMotionTrainer:
 
     def _conditioning(self, image: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
-        img = _image_to_tensor(image, "training frame")
+        img = image_to_tensor(image, "training frame")
         with torch.no_grad():
-            emb = _clip_embedding(m, img, m.device).to(m.dtype)
-            lat = _vae_latent(m, img, noise, self.s.noise_aug_strength).to(m.dtype)
+            emb = clip_embedding(m, img, m.device).to(m.dtype)
+            lat = vae_latent(m, img, noise, self.s.noise_aug_strength).to(m.dtype)
         return emb, lat
 
     def loss(

@@ -3,7 +3,7 @@
 python -m keyframe_propagation convert-two-stream IN.ckpt OUT.safetensors
 python -m keyframe_propagation train-two-stream --images DIR --out DIR [--config ours] [--steps N] ...
 
-(``remove --model FILE`` in ``cli.py`` runs the video protocol.) Heavy modules are imported inside
+(``remove --model FILE`` in :mod:`.remove` runs the video protocol.) Heavy modules are imported inside
 the commands, so ``--help`` stays fast.
 """
 
@@ -14,7 +14,7 @@ import sys
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .pipelines.two_stream_io import config_name, convert_two_stream
+    from ..pipelines.two_stream.io import config_name, convert_two_stream
 
     path, cfg = convert_two_stream(args.input, args.output)
     print(f"wrote {path} ({config_name(cfg)}: {cfg.n_blocks} GI blocks, {cfg.block_type} LIF blocks)")
@@ -22,7 +22,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .pipelines.two_stream_train import TrainConfig, train
+    from ..pipelines.two_stream.train.loop import TrainConfig, train
 
     cfg = TrainConfig(
         images=args.images,

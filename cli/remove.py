@@ -1,37 +1,22 @@
-"""Command line: the pack's jobs without ComfyUI, and queueing workflows on a ComfyUI server.
+"""``remove`` and ``demo``: object removal on a clip without ComfyUI (flow propagation, or the
+two-stream model's video protocol with ``--model``).
 
 python -m keyframe_propagation demo --out DIR
 python -m keyframe_propagation remove --frames DIR --masks DIR --out DIR [--model FILE]
-python -m keyframe_propagation queue WORKFLOW.json --server http://127.0.0.1:8188 --out DIR
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from .pipelines.progress import PipelineError
-
-
-def _progress_printer(label: str):
-    last = [0.0]
-
-    def _cb(done: int, total: int, text: str = "") -> None:
-        now = time.monotonic()
-        if now - last[0] > 0.5 or done >= total:
-            last[0] = now
-            print(f"\r{label}: {done}/{total} {text}   ", end="", file=sys.stderr, flush=True)
-            if done >= total:
-                print(file=sys.stderr)
-
-    return _cb
+from .progress import progress_printer
 
 
 def _config_from_args(args):
-    from .pipelines.propagate import PropagationConfig
+    from ..pipelines.propagate import PropagationConfig
 
     return PropagationConfig(
         chunk=args.chunk,
@@ -52,49 +37,36 @@ def _add_propagation_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_remove(args) -> int:
-    from .pipelines import frames as fr
-    from .pipelines.flow import FlowEstimator
-    from .pipelines.propagate import propagate_fill
+    import torch
 
-    clip = fr.load_frames(
-        fr.resolve_user_path(args.frames, [], what="frames"),
+    from ..pipelines.clip import load_image_tensor, prepare_clip, resolve_user_path, save_frames, write_video
+    from ..pipelines.flow import FlowEstimator
+    from ..pipelines.propagate import propagate_fill
+
+    prepared = prepare_clip(
+        resolve_user_path(args.frames, [], what="frames"),
+        resolve_user_path(args.masks, [], what="masks") if args.masks else None,
+        keyframes=args.keyframes,
         frame_cap=args.frame_cap,
         skip_first=args.skip_first,
         every_nth=args.every_nth,
+        width=args.width,
+        height=args.height,
+        invert_mask=args.invert_mask,
+        edited=[load_image_tensor(resolve_user_path(p, [], what="edited")) for p in args.edited] or None,
     )
-    T, H, W = clip.frames.shape[:3]
-    selected = list(clip.selected)
-    msrc = fr.resolve_user_path(args.masks, [], what="masks") if args.masks else None
-    masks, notes = fr.load_masks(
-        msrc, T, (H, W), frame_names=clip.names, selected=selected, alpha=clip.alpha, invert=args.invert_mask
-    )
-    frames, masks, rnotes = fr.resize_clip(clip.frames, masks, args.width, args.height)
-    keys = fr.parse_keyframes(args.keyframes, T)
-    edited: list[int] = []
-    if args.edited:
-        import torch
-
-        imgs = [fr.load_image_tensor(fr.resolve_user_path(p, [], what="edited")) for p in args.edited]
-        sizes = {tuple(i.shape) for i in imgs}
-        if len(sizes) > 1:
-            imgs = [
-                torch.nn.functional.interpolate(
-                    i.permute(2, 0, 1)[None], size=frames.shape[1:3], mode="bilinear"
-                )[0].permute(1, 2, 0)
-                for i in imgs
-            ]
-        frames, masks, edited, enotes = fr.apply_edited_keyframes(frames, masks, torch.stack(imgs), keys)
-        notes += enotes
-    for n in [*clip.notes, *notes, *rnotes]:
+    for n in prepared.notes:
         print(f"note: {n}", file=sys.stderr)
+    names = prepared.keyframes.names
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
 
     def sink(t, filled, unseen):
-        fr.save_frames(filled[None], out, [clip.names[t]])
+        save_frames(filled[None], out, [names[t]])
         results.append(t)
 
+    frames, masks, edited = prepared.frames, prepared.masks, prepared.keyframes.edited
     if args.model:
         _remove_with_model(args, frames, masks, edited, sink)
     else:
@@ -105,13 +77,11 @@ def cmd_remove(args) -> int:
             edited=edited,
             estimator=FlowEstimator("dis", args.preset),
             config=_config_from_args(args),
-            progress=_progress_printer("remove"),
+            progress=progress_printer("remove"),
         )
     # The MP4 is made from the PNGs just written, so memory stays bounded by the chunk.
-    written = [fr.load_image_tensor(out / f"{clip.names[t]}.png") for t in results]
-    import torch
-
-    video = fr.write_video(torch.stack(written), out / "result.mp4", clip.fps or args.fps)
+    written = [load_image_tensor(out / f"{names[t]}.png") for t in results]
+    video = write_video(torch.stack(written), out / "result.mp4", prepared.keyframes.fps or args.fps)
     print(f"wrote {len(results)} frames and {video} to {out}")
     return 0
 
@@ -120,13 +90,13 @@ def _remove_with_model(args, frames, masks, edited, sink) -> None:
     """``remove --model``: the two-stream video protocol (as TwoStreamInpaint with a model)."""
     import torch
 
-    from .pipelines.flow import FlowEstimator
-    from .pipelines.two_stream_io import config_name, load_two_stream
-    from .pipelines.two_stream_video import TwoStreamVideoConfig, parse_offsets, remove_with_model
+    from ..pipelines.checks import parse_dtype
+    from ..pipelines.flow import FlowEstimator
+    from ..pipelines.two_stream.io import config_name, load_two_stream
+    from ..pipelines.two_stream.video import TwoStreamVideoConfig, parse_offsets, remove_with_model
 
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_two_stream(args.model, device=device, dtype=dtypes[args.dtype])
+    model = load_two_stream(args.model, device=device, dtype=parse_dtype(args.dtype, "--dtype"))
     print(
         f"model: {Path(args.model).name} ({config_name(model.config)}) on {device}, {args.dtype}",
         file=sys.stderr,
@@ -146,7 +116,7 @@ def _remove_with_model(args, frames, masks, edited, sink) -> None:
         edited=edited,
         estimator=FlowEstimator("dis", args.preset),
         config=cfg,
-        progress=_progress_printer("remove (chunks)"),
+        progress=progress_printer("remove (chunks)"),
     )
 
 
@@ -154,29 +124,29 @@ def cmd_demo(args) -> int:
     import numpy as np
     import torch
 
-    from .pipelines import frames as fr
-    from .pipelines.propagate import PropagationConfig, propagate_fill, telea_fill
-    from .pipelines.synthetic import make_clip, psnr_in_mask
+    from ..pipelines.clip import save_frames, write_video
+    from ..pipelines.propagate import PropagationConfig, propagate_fill, telea_fill
+    from ..pipelines.testing.synthetic import make_clip, psnr_in_mask
 
     clip = make_clip(num_frames=args.frames, height=args.height, width=args.width, seed=args.seed)
     out = Path(args.out)
     names = [f"{t:05d}" for t in range(clip.frames.shape[0])]
-    fr.save_frames(clip.frames, out / "frames", names)
+    save_frames(clip.frames, out / "frames", names)
     masks_dir = out / "masks"
     masks_dir.mkdir(parents=True, exist_ok=True)
     for t, m in enumerate(clip.masks):
-        fr.save_frames(m[None, ..., None].expand(-1, -1, -1, 3), masks_dir, [names[t]])
+        save_frames(m[None, ..., None].expand(-1, -1, -1, 3), masks_dir, [names[t]])
     t0 = time.perf_counter()
     filled, unseen = propagate_fill(
-        clip.frames, clip.masks, config=PropagationConfig(), progress=_progress_printer("propagate")
+        clip.frames, clip.masks, config=PropagationConfig(), progress=progress_printer("propagate")
     )
     dt = time.perf_counter() - t0
     telea = torch.stack([telea_fill(f, m) for f, m in zip(clip.frames, clip.masks)])
-    fr.save_frames(filled, out / "result", names)
-    fr.write_video(filled, out / "result.mp4", 12.0)
+    save_frames(filled, out / "result", names)
+    write_video(filled, out / "result.mp4", 12.0)
     mid = clip.frames.shape[0] // 2
     side = torch.cat([clip.frames[mid], telea[mid], filled[mid], clip.truth[mid]], dim=1)
-    fr.save_frames(side[None], out, ["side_by_side"])
+    save_frames(side[None], out, ["side_by_side"])
     p_ours = psnr_in_mask(filled, clip.truth, clip.masks)
     p_telea = psnr_in_mask(telea, clip.truth, clip.masks)
     print(f"demo clip: {clip.frames.shape[0]} frames {args.width}x{args.height} in {out}")
@@ -194,35 +164,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_queue(args) -> int:
-    from .comfy_client import ComfyClient
-
-    client = ComfyClient(args.server)
-    wf = json.loads(Path(args.workflow).read_text())
-    prompt = client.to_api(wf)
-    for kv in args.set or []:
-        key, _, value = kv.partition("=")
-        node, _, name = key.partition(".")
-        if node not in prompt or not name:
-            raise PipelineError(f"--set {kv}: expected NODE_ID.input=value with a node id of the workflow")
-        prompt[node]["inputs"][name] = json.loads(value) if value[:1] in "[{0123456789-tf" else value
-    pid = client.queue(prompt)
-    print(f"queued prompt {pid}")
-    entry = client.wait(pid, timeout=args.timeout, on_progress=lambda s: print(s, file=sys.stderr))
-    files = client.download_outputs(entry, Path(args.out)) if args.out else []
-    for f in files:
-        print(f"downloaded {f}")
-    print("status:", entry.get("status", {}).get("status_str", "unknown"))
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m keyframe_propagation",
-        description="Keyframe propagation for video (the ComfyUI pack's jobs).",
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
-
+def register(sub) -> None:
+    """Add ``remove`` and ``demo`` to the CLI's subcommands."""
     r = sub.add_parser(
         "remove",
         help="remove the masked object from a clip (flow propagation, or the two-stream model with --model)",
@@ -270,43 +213,3 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--height", type=int, default=192)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
-
-    q = sub.add_parser(
-        "queue", help="queue a workflow (API or UI format) on a ComfyUI server, wait, download the outputs"
-    )
-    q.add_argument("workflow")
-    q.add_argument("--server", default="http://127.0.0.1:8188")
-    q.add_argument("--out", default="", help="folder to download output files into")
-    q.add_argument("--timeout", type=float, default=3600.0)
-    q.add_argument("--set", action="append", help="override an input: NODE_ID.input=value")
-    q.set_defaults(func=cmd_queue)
-
-    # Subcommands of the other methods live next to their concern (cli_<name>.py at the root, each
-    # with ``register(subparsers)``; they import their heavy modules only when run).
-    import importlib
-
-    for name in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.endswith(name):
-                continue  # that concern is not part of this version
-            raise
-        mod.register(sub)
-    return p
-
-
-_COMMAND_MODULES = ["cli_two_stream", "cli_refine", "cli_inbetween"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ import argparse
 
 
 def register(sub) -> None:
-    """Add the ``refine`` subcommand to cli.py's subparsers."""
+    """Add ``refine`` to the CLI's subcommands."""
     p: argparse.ArgumentParser = sub.add_parser(
         "refine",
         help="inpaint one image at high resolution with LaMa + multiscale refinement",
@@ -58,11 +58,12 @@ def cmd_refine(args) -> int:
 
     import torch
 
-    from .cli import _progress_printer
-    from .pipelines.frames import _fit_mask, load_image_tensor, read_mask_file, save_frames
-    from .pipelines.lama import load_lama
-    from .pipelines.progress import PipelineError
-    from .pipelines.refine import RefineConfig, refine_frames
+    from ..pipelines.checks import parse_dtype
+    from ..pipelines.clip import fit_mask, load_image_tensor, read_mask_file, save_frames
+    from ..pipelines.errors import PipelineError
+    from ..pipelines.refine.lama import load_lama
+    from ..pipelines.refine.multiscale import RefineConfig, refine_frames
+    from .progress import progress_printer
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -73,7 +74,7 @@ def cmd_refine(args) -> int:
         device = torch.device(device)
     except RuntimeError as e:
         raise PipelineError(f"--device: {e}") from e
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = parse_dtype(args.dtype, "--dtype")
     image = load_image_tensor(args.image, "image")
     h, w = image.shape[:2]
     mask = read_mask_file(args.mask)
@@ -81,7 +82,7 @@ def cmd_refine(args) -> int:
         print(
             f"note: mask resized from {mask.shape[1]}x{mask.shape[0]} to {w}x{h} (nearest)", file=sys.stderr
         )
-        mask = _fit_mask(mask, (h, w))
+        mask = fit_mask(mask, (h, w))
     guide = load_image_tensor(args.guide, "guide")[None] if args.guide else None
     cfg = RefineConfig(
         n_iters=args.n_iters,
@@ -106,7 +107,7 @@ def cmd_refine(args) -> int:
         torch.from_numpy(mask.astype("float32"))[None],
         cfg,
         guides=guide,
-        progress=_progress_printer("refine"),
+        progress=progress_printer("refine"),
         device=device,
         restore_size=not args.working_size,
     )

@@ -7,7 +7,7 @@ an image pyramid: the coarsest level is inpainted by one plain pass; at each fin
 the coarse level's global structure with the fine level's detail.
 
 Any model with ``front(image, mask) -> features`` and a differentiable ``rear(features) -> image`` can be
-refined (:class:`Refinable`): LaMa (``lama.py``), and the two-stream model with its keyframes fixed.
+refined (:class:`Refinable`): LaMa (:mod:`.lama`), and the two-stream model with its keyframes fixed.
 
 Faithful to the reference by default (n_iters 15, lr 0.002, min_side 512, max_scales 3, px_budget
 1.8 MP, modulo 8). Options beyond it, all off by default: activation checkpointing of the rear,
@@ -30,7 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .progress import PipelineError, ProgressFn, report
+from ..checks import as_masks, check_shape
+from ..errors import PipelineError
+from ..ops import pad_to_modulo
+from ..progress import ProgressFn, report
 
 __all__ = [
     "RefineConfig",
@@ -44,7 +47,6 @@ __all__ = [
     "eroded_hole",
     "multiscale_refine",
     "n_scales_for",
-    "pad_to_modulo",
     "paste_back",
     "pyramid_sizes",
     "refine_frames",
@@ -186,17 +188,6 @@ def downscale_mask(m: torch.Tensor) -> torch.Tensor:
         _blur(m), size=(m.shape[-2] // 2, m.shape[-1] // 2), mode="bilinear", align_corners=False
     )
     return (m >= EPS).to(m.dtype)
-
-
-def pad_to_modulo(x: torch.Tensor, modulo: int) -> torch.Tensor:
-    """Reflection-pad (B, C, H, W) at the bottom/right to multiples of ``modulo`` (replicate where a
-    side is too small to reflect)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % modulo, (-w) % modulo
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 def build_pyramid(
@@ -609,15 +600,13 @@ def refine_frames(
     """
     cfg = config or RefineConfig()
     cfg.check()
-    if images.ndim != 4 or images.shape[-1] < 3:
-        raise PipelineError(f"image: expected (B, H, W, 3) images, got {tuple(images.shape)}")
+    check_shape(images[..., :3], "B,H,W,3", "image")
     b, h, w = images.shape[:3]
-    if masks.ndim == 2:
-        masks = masks[None]
-    if masks.ndim != 3 or tuple(masks.shape[1:]) != (h, w) or masks.shape[0] not in (1, b):
-        raise PipelineError(f"mask: {tuple(masks.shape)} does not match the images {tuple(images.shape[:3])}")
-    if guides is not None and (guides.ndim != 4 or guides.shape[0] not in (1, b) or guides.shape[-1] < 3):
-        raise PipelineError(f"guide: expected (B, h, w, 3) images for {b} frames, got {tuple(guides.shape)}")
+    masks = as_masks(masks, b, (h, w), "mask")
+    if guides is not None:
+        check_shape(guides[..., :3], "B,h,w,3", "guide")
+        if guides.shape[0] not in (1, b):
+            raise PipelineError(f"guide: {guides.shape[0]} images for {b} frames; give one per frame or one")
     levels = len(pyramid_sizes(h, w, cfg.min_side, cfg.max_scales, cfg.px_budget)) if cfg.n_iters else 1
     per_frame = 1 + (levels - 1) * max(cfg.n_iters, 1)
     total = b * per_frame
@@ -625,7 +614,7 @@ def refine_frames(
     last = [0]
     for i in range(b):
         img = images[i, ..., :3].permute(2, 0, 1)[None]
-        m = masks[i if masks.shape[0] > 1 else 0][None, None]
+        m = masks[i][None, None]
         g = (
             None
             if guides is None

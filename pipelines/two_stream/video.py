@@ -3,7 +3,7 @@
 The model *generates* every N-th frame (default 20) of the masked clip, each from its own masked frame
 and keyframes at fixed offsets (default +-{10, 20, 40}; artist-edited keyframes are always added);
 the frames in between are then *propagated* from the generated ones with optical flow, by the
-foundation's :func:`propagate.propagate_fill`, which takes the generated frames as fully known frames.
+foundation's :func:`~..propagate.propagate_fill`, which takes the generated frames as fully known frames.
 
 Chunks: chunk c is the frames ``[c N, (c + 1) N)``. Its frames are propagated from the generated
 frames ``c N`` and ``(c + 1) N`` (the last chunk ends on the last frame, which is generated too, so
@@ -30,20 +30,21 @@ resolution, put MultiscaleRefine after it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .flow import FlowEstimator, fill_flow_in_mask, resize_flow, warp
-from .progress import PipelineError, ProgressFn, report
-from .propagate import FrameSequence, FrameSink, PropagationConfig, propagate_fill
-from .two_stream import TwoStreamGenerator
-from .types import FlowSet
+from ..checks import check_shape
+from ..errors import PipelineError
+from ..flow import FlowEstimator
+from ..ops import dilate, resize_mask, round_to_multiple
+from ..progress import ProgressFn, report
+from ..propagate import PropagationConfig, propagate_fill
+from ..types import FlowSet, FrameSequence, FrameSink
+from .flows import model_flows
+from .model import TwoStreamGenerator
 
 __all__ = [
     "DEFAULT_OFFSETS",
@@ -52,7 +53,6 @@ __all__ = [
     "TwoStreamVideoConfig",
     "generated_indices",
     "keyframes_for",
-    "model_flows",
     "parse_offsets",
     "remove_with_model",
     "working_size",
@@ -151,75 +151,12 @@ def working_size(height: int, width: int, long_side: int) -> tuple[int, int]:
     of 8 (at least 8)."""
     long_side = min(int(long_side), max(height, width))
     scale = long_side / max(height, width)
-
-    def r8(v: float) -> int:
-        return max(8, int(math.floor(v / 8.0 + 0.5)) * 8)
-
-    return r8(height * scale), r8(width * scale)
-
-
-# --------------------------------------------------------------------------------------------------
-# Flow for the model
-# --------------------------------------------------------------------------------------------------
-
-
-def model_flows(
-    target: torch.Tensor,
-    keys: torch.Tensor,
-    target_mask: torch.Tensor,
-    estimator: FlowEstimator | None,
-    flow_size: tuple[int, int] | None = (256, 256),
-    given: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
-    seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flows and flow errors for the deformable writes, at the working resolution.
-
-    target ``(h, w, 3)``; keys ``(K, h, w, 3)``; target_mask ``(h, w)`` 1 = hole; ``given[i]`` an
-    optional precomputed pair (flow target -> key i, flow key i -> target), each ``(2, h', w')`` in
-    pixels of h' x w' (resized here). Returns flows ``(K, 2, h, w)`` target -> key and errors
-    ``(K, 1, h, w)``, float32 on CPU.
-    """
-    k = int(keys.shape[0])
-    h, w = int(target.shape[0]), int(target.shape[1])
-    if k == 0:
-        return torch.zeros(0, 2, h, w), torch.zeros(0, 1, h, w)
-    f_tk = torch.empty(k, 2, h, w)
-    f_kt = torch.empty(k, 2, h, w)
-    todo = [i for i in range(k) if given is None or given[i] is None]
-    for i in range(k):
-        if i not in todo:
-            a, b = given[i]  # type: ignore[index, misc]
-            f_tk[i] = resize_flow(a[None].float(), (h, w))[0]
-            f_kt[i] = resize_flow(b[None].float(), (h, w))[0]
-    if todo:
-        if estimator is None:
-            raise PipelineError("flow: no flow for some keyframe pairs and no flow estimator given")
-        a = target[None].expand(len(todo), -1, -1, -1)
-        b = keys[todo]
-        pair = estimator(torch.cat((a, b)), torch.cat((b, a))).float().cpu()  # one batch (RAFT)
-        f_tk[todo], f_kt[todo] = pair[: len(todo)], pair[len(todo) :]
-    # Both directions are filled in the target's mask, as the reference's flow module.
-    hole = target_mask.float()[None]
-    f_tk = fill_flow_in_mask(f_tk, hole, seed=seed)
-    f_kt = fill_flow_in_mask(f_kt, hole, seed=seed)
-    fh, fw = flow_size or (h, w)
-    err = (f_tk + warp(f_kt, f_tk)).abs()
-    err = err * torch.tensor([w / fw, h / fh]).view(1, 2, 1, 1)  # the reference's scaling
-    return f_tk, err.mean(dim=1, keepdim=True)
+    return round_to_multiple(height * scale, 8), round_to_multiple(width * scale, 8)
 
 
 # --------------------------------------------------------------------------------------------------
 # The protocol
 # --------------------------------------------------------------------------------------------------
-
-
-def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """(H, W) binary (> 0.5) grown by ``radius`` pixels (elliptical kernel), float32."""
-    m = (mask > 0.5).float()
-    if radius <= 0 or not bool(m.any()):
-        return m
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return torch.from_numpy(cv2.dilate(m.cpu().numpy().astype(np.uint8), k).astype(np.float32))
 
 
 def _resize_image(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -230,16 +167,6 @@ def _resize_image(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         img.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False, antialias=True
     )
     return x.clamp(0, 1).permute(0, 2, 3, 1)
-
-
-def _resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(N, H, W)`` -> ``(N, h, w)`` conservatively: a pixel touching any hole is a hole."""
-    if tuple(mask.shape[1:]) == tuple(size):
-        return (mask > 0.5).float()
-    m = (mask[:, None] > 0.5).float()
-    if size[0] <= m.shape[-2] and size[1] <= m.shape[-1]:
-        return F.adaptive_max_pool2d(m, size)[:, 0]
-    return F.interpolate(m, size=size, mode="nearest")[:, 0]
 
 
 class TwoStreamVideo:
@@ -276,12 +203,8 @@ class TwoStreamVideo:
             raise PipelineError("frames: the clip is empty")
         if len(masks) != self.T:
             raise PipelineError(f"masks: {len(masks)} masks for {self.T} frames")
-        first = frames[0]
-        if first.dim() != 3 or first.shape[-1] < 3:
-            raise PipelineError(
-                f"frames: expected (T, H, W, 3) images, got frames of shape {tuple(first.shape)}"
-            )
-        self.H, self.W = int(first.shape[0]), int(first.shape[1])
+        size = check_shape(frames[0][..., :3], "H,W,3", "frames: each frame")
+        self.H, self.W = size["H"], size["W"]
         if tuple(masks[0].shape[-2:]) != (self.H, self.W):
             raise PipelineError(
                 f"masks: mask size {tuple(masks[0].shape[-2:])} differs from the frames' {(self.H, self.W)}"
@@ -313,7 +236,7 @@ class TwoStreamVideo:
     def _mask(self, t: int) -> torch.Tensor:
         if t in self.edited:
             return torch.zeros(self.H, self.W)
-        return _dilate(self.masks[t].float().cpu(), self.cfg.mask_dilation)
+        return dilate(self.masks[t].float().cpu(), self.cfg.mask_dilation)
 
     def _frame(self, t: int) -> torch.Tensor:
         return self.frames[t][..., :3].float().cpu()
@@ -340,10 +263,10 @@ class TwoStreamVideo:
         keys = self.keyframes(g)
         h, w = self.work
         target = _resize_image(frame[None], (h, w))[0]
-        t_mask = _resize_mask(mask[None], (h, w))[0]
+        t_mask = resize_mask(mask[None], (h, w))[0].float()
         if keys:
             k_img = _resize_image(torch.stack([self._frame(k) for k in keys]), (h, w))
-            k_mask = _resize_mask(torch.stack([self._mask(k) for k in keys]), (h, w))
+            k_mask = resize_mask(torch.stack([self._mask(k) for k in keys]), (h, w)).float()
         else:
             k_img, k_mask = torch.zeros(0, h, w, 3), torch.zeros(0, h, w)
         given = self._given_flows(g, keys)

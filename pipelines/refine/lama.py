@@ -10,7 +10,7 @@ The layer indices of ``self.model`` are the reference's, so the state dict keys 
 * the TorchScript ``big-lama.pt`` of IOPaint / comfyui-inpaint-nodes: only its state dict is read (the
   TorchScript graph can be neither split nor back-propagated through, and is never run).
 
-The generator implements the refinement protocol of ``refine.py``: ``front(image, mask)`` = layers
+The generator implements the refinement protocol of :mod:`.multiscale`: ``front(image, mask)`` = layers
 0..(2 + n_downsampling) (reflection pad, 7x7 FFC, the downsamplings) -> a (local, global) pair at
 1/8 resolution; ``rear(features)`` = the residual blocks, concat, upsampling, output conv, sigmoid.
 """
@@ -18,7 +18,6 @@ The generator implements the refinement protocol of ``refine.py``: ``front(image
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +25,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .ffc import FFC_BN_ACT, ConcatTupleLayer, FFCResnetBlock
-from .progress import PipelineError
-from .refine import pad_to_modulo
-from .weights import state_dict_mismatch, torch_load_weights_only
+from ..errors import PipelineError
+from ..ffc import FFC_BN_ACT, ConcatTupleLayer, FFCResnetBlock
+from ..ops import pad_to_modulo
+from ..weights import read_weights, state_dict_mismatch
 
 __all__ = [
     "FFCResNetGenerator",
     "LamaConfig",
     "detect_lama_config",
     "load_lama",
-    "random_lama",
-    "read_state_dict",
     "strip_to_generator",
 ]
 
@@ -193,45 +190,6 @@ class _CastStage:
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_torchscript(path: str) -> bool:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
-def read_state_dict(path: str | os.PathLike, what: str = "model") -> dict[str, torch.Tensor]:
-    """Tensors of a weight file: ``.safetensors``, a torch/Lightning file (weights_only; the
-    ``state_dict`` entry if present) or a TorchScript archive (its state dict; nothing is run).
-
-    Raises PipelineError naming ``what`` and the file when it cannot be read.
-    """
-    path = str(path)
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise PipelineError(f"{what}: '{path}' not found")
-    try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd: object = load_file(path, device="cpu")
-        elif _is_torchscript(path):
-            sd = torch.jit.load(path, map_location="cpu").state_dict()
-        else:
-            sd = torch_load_weights_only(path)
-    except Exception as e:  # corrupt, truncated, pickled code ...: say which file
-        raise PipelineError(f"{what}: cannot read '{name}' ({path}): {type(e).__name__}: {e}") from e
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise PipelineError(f"{what}: '{name}' holds a {type(sd).__name__}, not a state dict of tensors")
-    tensors = {str(k): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise PipelineError(f"{what}: '{name}' holds no tensors")
-    return tensors
-
-
 def strip_to_generator(sd: dict[str, torch.Tensor], name: str = "file") -> dict[str, torch.Tensor]:
     """The LaMa generator's entries of ``sd`` with their prefix removed (``generator.``, ``module.``,
     a TorchScript wrapper's attribute name ... or none); other entries are dropped."""
@@ -296,48 +254,21 @@ def load_lama(
     Raises PipelineError naming the file and the first missing/unexpected/mis-shaped entries.
     """
     name = Path(path).name
-    sd = strip_to_generator(read_state_dict(path, "model"), name)
-    cfg = detect_lama_config(sd, name)
-    # Built outside inference mode so the weights can take part in autograd graphs (ComfyUI runs
-    # loader nodes under torch.inference_mode()).
+    # Read and built outside inference mode so the weights can take part in autograd graphs (ComfyUI
+    # runs loader nodes under torch.inference_mode()); built on the meta device and given the file's
+    # tensors, so 51M weights are never randomly initialised first.
     with torch.inference_mode(False):
-        model = FFCResNetGenerator(cfg)
-        parts = state_dict_mismatch(model.state_dict(), sd, ignore_missing=("num_batches_tracked",))
+        sd = strip_to_generator(read_weights(path, "model")[0], name)
+        cfg = detect_lama_config(sd, name)
+        with torch.device("meta"):
+            model = FFCResNetGenerator(cfg)
+        expected = model.state_dict()
+        parts = state_dict_mismatch(expected, sd, ignore_missing=("num_batches_tracked",))
         if parts:
             raise PipelineError(f"model: '{name}' is not a complete LaMa generator: " + "; ".join(parts))
-        model.load_state_dict({k: v for k, v in sd.items()}, strict=False)
+        # Some exports drop BatchNorm's step counters: the value PyTorch would have started with.
+        full = {k: sd[k] if k in sd else torch.zeros((), dtype=torch.long) for k in expected}
+        model.load_state_dict(full, strict=True, assign=True)
         model.eval().requires_grad_(False)
         model.to(device=device, dtype=dtype)
-    return model
-
-
-def random_lama(config: LamaConfig | None = None, seed: int = 0, calibrate: bool = True, **overrides: object):
-    """A randomly initialised generator for tests and benchmarks (no real weights needed).
-
-    With ``calibrate`` the BatchNorm statistics are estimated on a few random masked images, so the
-    network's activations and output spread like a trained one's (with PyTorch's default statistics
-    the 18 blocks output a nearly constant 0.5 and the refinement has little to work with).
-    Returned in eval mode with frozen weights.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.inference_mode(False):
-        torch.manual_seed(seed)
-        model = FFCResNetGenerator(config, **overrides)
-        if calibrate:
-            for mod in model.modules():
-                if isinstance(mod, nn.BatchNorm2d):
-                    mod.momentum = None  # cumulative average over the calibration batches
-                    mod.reset_running_stats()
-            model.train()
-            side = 16 * model.modulo
-            with torch.no_grad():
-                for _ in range(2):
-                    img = torch.rand(2, 3, side, side, generator=gen)
-                    m = (torch.rand(2, 1, side // 8, side // 8, generator=gen) > 0.6).float()
-                    m = torch.nn.functional.interpolate(m, size=(side, side), mode="nearest")
-                    model(torch.cat([img * (1 - m), m], dim=1))
-            for mod in model.modules():
-                if isinstance(mod, nn.BatchNorm2d):
-                    mod.momentum = 0.1
-        model.eval().requires_grad_(False)
     return model

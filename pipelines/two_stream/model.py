@@ -30,8 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ffc import FFCResnetBlock
-from .progress import PipelineError
+from ..errors import PipelineError
+from ..ffc import FFCResnetBlock
+from ..ops import pad_bottom_right, warp
 
 __all__ = [
     "CONFIGS",
@@ -41,7 +42,6 @@ __all__ = [
     "local_read",
     "local_write",
     "snap_to_windows",
-    "warp_features",
 ]
 
 
@@ -201,33 +201,6 @@ def local_write(logits: torch.Tensor, tokens: torch.Tensor, grid: int) -> torch.
     if (h, w) != (h0, w0):
         out = F.interpolate(out, size=(h0, w0), mode="bilinear", align_corners=True)
     return out
-
-
-def warp_features(features: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
-    """Backward-warp feature maps with flows given at another resolution (the reference's
-    ``resized_flow_sample``).
-
-    features ``(N, C, h, w)``; flows ``(N, 2, H, W)`` in pixels of H x W (x, y). The flow is resized to
-    (h, w) (bilinear, align_corners=True) and scaled by w/W, h/H; ``out(p) = features(p + flow(p))``
-    sampled bilinearly with zero padding and align_corners=True, in float32. Returns ``(N, C, h, w)``
-    in the features' dtype.
-    """
-    h, w = int(features.shape[-2]), int(features.shape[-1])
-    H, W = int(flows.shape[-2]), int(flows.shape[-1])
-    flows = flows.float()
-    if (H, W) != (h, w):
-        flows = F.interpolate(flows, size=(h, w), mode="bilinear", align_corners=True)
-        flows = flows * torch.tensor([w / W, h / H], device=flows.device).view(1, 2, 1, 1)
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float32, device=flows.device),
-        torch.arange(w, dtype=torch.float32, device=flows.device),
-        indexing="ij",
-    )
-    gx = (xs + flows[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys + flows[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    grid = torch.stack((gx, gy), dim=-1)
-    out = F.grid_sample(features.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out.to(features.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -465,7 +438,9 @@ class DeformableWrite(nn.Module):
         b, t, c, h, w = keys.shape
         if t == 0:
             return x
-        warped = warp_features(keys.reshape(b * t, c, h, w), flows.reshape(b * t, *flows.shape[2:]))
+        # Flows at the frame's resolution are resized to the features' (the reference's
+        # ``resized_flow_sample``); sampled in float32, cast back.
+        warped = warp(keys.reshape(b * t, c, h, w), flows.reshape(b * t, *flows.shape[2:])).to(keys.dtype)
         err = flow_errors.reshape(b * t, *flow_errors.shape[2:]).to(x.dtype)
         if tuple(err.shape[-2:]) != (h, w):
             err = F.interpolate(err, size=(h, w), mode="bilinear", align_corners=True)
@@ -490,7 +465,8 @@ class TwoStreamGenerator(nn.Module):
     reflection pad 3; conv 7x7 ngf -> output_nc; sigmoid. ``deformable_writes`` holds one
     :class:`DeformableWrite` per cross-frame block.
 
-    Also implements the refinement protocol of ``refine.py`` (``front``/``rear``) without keyframes.
+    Also implements the refinement protocol of ``refine/multiscale.py`` (``front``/``rear``) without
+    keyframes.
     """
 
     def __init__(self, config: TwoStreamConfig | str | None = None, **overrides: object) -> None:
@@ -608,9 +584,11 @@ class TwoStreamGenerator(nn.Module):
         ph, pw = max(H + (-H) % m, 2 * m) - H, max(W + (-W) % m, 2 * m) - W
         frames = torch.cat((target[:, None], keyframes), dim=1).flatten(0, 1)  # (B*(T+1), C, H, W)
         if ph or pw:
-            frames = _pad(frames, ph, pw)
-            flows = _pad(flows.flatten(0, 1), ph, pw, "replicate").unflatten(0, (b, t))
-            flow_errors = _pad(flow_errors.flatten(0, 1), ph, pw, "replicate").unflatten(0, (b, t))
+            frames = pad_bottom_right(frames, ph, pw)
+            flows = pad_bottom_right(flows.flatten(0, 1), ph, pw, "replicate").unflatten(0, (b, t))
+            flow_errors = pad_bottom_right(flow_errors.flatten(0, 1), ph, pw, "replicate").unflatten(
+                0, (b, t)
+            )
 
         # Target and keyframes through the encoder together (as the reference: shared BN batch).
         lif, tokens = self.encode(frames)
@@ -672,7 +650,7 @@ class TwoStreamGenerator(nn.Module):
         ).float()
         return mask * pred + (1 - mask) * image
 
-    # -- refinement protocol (refine.py), single image, no keyframes --------------------------------
+    # -- refinement protocol (refine/multiscale.py), single image, no keyframes ----------------------
 
     def front(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor]:
         """image ``(B, 3, H, W)``, mask ``(B, 1, H, W)`` (H, W multiples of 8) -> ``(LIF,)`` after the
@@ -688,10 +666,3 @@ class TwoStreamGenerator(nn.Module):
         for block in self.blocks:
             lif, tokens = block(lif, tokens)
         return self.decode(lif)
-
-
-def _pad(x: torch.Tensor, ph: int, pw: int, mode: str = "reflect") -> torch.Tensor:
-    """Pad the bottom/right of ``(N, C, H, W)``; reflect needs pad < side, so fall back to replicate."""
-    if mode == "reflect" and (ph >= x.shape[-2] or pw >= x.shape[-1]):
-        mode = "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)

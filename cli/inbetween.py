@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import _progress_printer as _progress
+from .progress import progress_printer
 
 
 def _device_and_dtype(args):
@@ -48,23 +48,16 @@ def _add_model_args(p: argparse.ArgumentParser, reverse: bool = True) -> None:
 def cmd_inbetween(args) -> int:
     import torch
 
-    from .pipelines import frames as fr
-    from .pipelines.svd.loading import load_inbetween_model
-    from .pipelines.svd.sampler import InbetweenSettings, check_size, inbetween_keyframes, resize_image
+    from ..pipelines.clip import load_image_tensor, resolve_user_path, save_frames, write_video
+    from ..pipelines.svd.conditioning import fit_keyframes
+    from ..pipelines.svd.loading import load_inbetween_model
+    from ..pipelines.svd.sampler import InbetweenSettings, inbetween_keyframes
 
     device, dtype = _device_and_dtype(args)
     paths = [args.first, *(args.via or []), args.last]
-    keys = [fr.load_image_tensor(fr.resolve_user_path(p, [], what="keyframe")) for p in paths]
-    H, W = keys[0].shape[:2]
-    th, tw = args.height or H, args.width or W
-    if args.width and not args.height:
-        th = round(H * args.width / W / 64) * 64 or 64
-    if args.height and not args.width:
-        tw = round(W * args.height / H / 64) * 64 or 64
-    check_size(
-        th, tw, "--width/--height" if (args.width or args.height) else "keyframes (use --width/--height)"
-    )
-    keys = [resize_image(k, th, tw) for k in keys]
+    keys = [load_image_tensor(resolve_user_path(p, [], what="keyframe")) for p in paths]
+    keys = fit_keyframes(keys, args.width, args.height, "--width/--height")
+    th, tw = keys[0].shape[:2]
     model = load_inbetween_model(
         args.svd, args.reverse or None, args.base or None, dtype, args.config_dir or None
     )
@@ -92,15 +85,15 @@ def cmd_inbetween(args) -> int:
         model,
         keys,
         settings,
-        progress=_progress("inbetween"),
+        progress=progress_printer("inbetween"),
         device=device,
         offload_device="cpu" if args.offload else None,
     )
     dt = time.perf_counter() - t0
     out = Path(args.out)
     names = [f"{t:05d}" for t in range(result.frames.shape[0])]
-    fr.save_frames(result.frames, out, names)
-    video = fr.write_video(result.frames, out / "result.mp4", args.video_fps or float(args.fps))
+    save_frames(result.frames, out, names)
+    video = write_video(result.frames, out / "result.mp4", args.video_fps or float(args.fps))
     if args.save_latents:
         torch.save(result.latents, out / "latents.pt")
     print(f"wrote {len(names)} frames ({tw}x{th}) and {video} to {out} in {dt:.1f} s")
@@ -108,7 +101,7 @@ def cmd_inbetween(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .pipelines.svd.loading import extract_reverse_delta
+    from ..pipelines.svd.loading import extract_reverse_delta
 
     path, n = extract_reverse_delta(args.unet, args.base, args.out, args.dtype)
     size = path.stat().st_size / 2**20
@@ -118,8 +111,8 @@ def cmd_extract(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .pipelines.svd.loading import load_inbetween_model, save_reverse_delta
-    from .pipelines.svd.train import TrainSettings, load_videos, train_reverse_motion
+    from ..pipelines.svd.loading import load_inbetween_model, save_reverse_delta
+    from ..pipelines.svd.train import TrainSettings, load_videos, train_reverse_motion
 
     device, dtype = _device_and_dtype(args)
     if dtype == "fp16":
@@ -146,7 +139,7 @@ def cmd_train(args) -> int:
         model,
         clips,
         s,
-        progress=_progress("train"),
+        progress=progress_printer("train"),
         log_every=args.log_every,
         log=lambda m: print(m, file=sys.stderr),
     )

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .progress import PipelineError
-from .two_stream import CONFIGS, TwoStreamConfig, TwoStreamGenerator
-from .weights import state_dict_mismatch, torch_load_weights_only
+from ..errors import PipelineError
+from ..weights import read_weights, state_dict_mismatch
+from .model import CONFIGS, TwoStreamConfig, TwoStreamGenerator
 
 __all__ = [
     "CONFIG_METADATA_KEY",
@@ -38,7 +38,7 @@ __all__ = [
     "detect_two_stream_config",
     "generator_state_dict",
     "load_two_stream",
-    "read_weights",
+    "read_generator_file",
     "save_two_stream",
 ]
 
@@ -54,42 +54,25 @@ _SHOW = 3  # keys named in error messages
 # --------------------------------------------------------------------------------------------------
 
 
-def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-    """All tensors of a weight file and the config metadata (empty when none).
+def read_generator_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """All tensors of a weight file and the config metadata this package writes (empty when none).
 
-    ``.safetensors``: its tensors and the JSON in its ``two_stream_config`` metadata entry. Torch
-    files: the ``state_dict`` entry when present (Lightning), else the file's top-level dict;
-    metadata from a top-level ``two_stream_config`` dict. Raises PipelineError naming the file when it
-    is missing, unreadable (corrupt, truncated) or holds no tensors.
+    The config is the JSON in a safetensors file's ``two_stream_config`` metadata entry, or a torch
+    file's top-level ``two_stream_config`` dict. Raises PipelineError naming the file when it is
+    missing, unreadable (corrupt, truncated) or holds no tensors.
     """
-    path = os.fspath(path)
-    name = Path(path).name
-    if not os.path.isfile(path):
-        raise PipelineError(f"model: two-stream weights '{path}' not found")
-    meta: dict[str, object] = {}
-    try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt", device="cpu") as f:
-                raw_meta = f.metadata() or {}
-                obj: object = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
-            if CONFIG_METADATA_KEY in raw_meta:
-                meta = json.loads(raw_meta[CONFIG_METADATA_KEY])
-        else:
-            obj = torch_load_weights_only(path)
-    except Exception as e:  # corrupt, truncated, pickled code, bad JSON ...: say which file
-        raise PipelineError(f"model: cannot read '{name}' ({path}): {type(e).__name__}: {e}") from e
-    if isinstance(obj, dict) and isinstance(obj.get(CONFIG_METADATA_KEY), dict):
-        meta = dict(obj[CONFIG_METADATA_KEY])
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise PipelineError(f"model: '{name}' holds a {type(obj).__name__}, not a state dict of tensors")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise PipelineError(f"model: '{name}' holds no tensors")
-    return tensors, meta
+    tensors, meta = read_weights(path, "model")
+    raw = meta.get(CONFIG_METADATA_KEY)
+    if isinstance(raw, dict):
+        return tensors, dict(raw)
+    if isinstance(raw, str):
+        try:
+            return tensors, dict(json.loads(raw))
+        except (ValueError, TypeError) as e:
+            raise PipelineError(
+                f"model: cannot read '{Path(path).name}' ({path}): bad {CONFIG_METADATA_KEY}: {e}"
+            ) from e
+    return tensors, {}
 
 
 def generator_state_dict(sd: dict[str, torch.Tensor], name: str = "file") -> dict[str, torch.Tensor]:
@@ -123,7 +106,7 @@ def detect_two_stream_config(
 
     Read from the shapes: input/output channels, ngf, downsamplings, LIF width, token count and
     width, GI blocks, LIF block type (FFC split ratio or conv groups), read/write heads, cross-frame
-    blocks. ``meta`` (from :func:`read_weights`) supplies the attention head count, which no shape
+    blocks. ``meta`` (from :func:`read_generator_file`) supplies the attention head count, which no shape
     shows; default 8 (the reference's).
     """
     try:
@@ -242,7 +225,7 @@ def load_two_stream(
     # Everything outside inference mode (ComfyUI runs nodes under it): tensors read inside it could
     # not become parameters, nor join the autograd graphs of training or refinement.
     with torch.inference_mode(False):
-        raw, meta = read_weights(path)
+        raw, meta = read_generator_file(path)
         sd = generator_state_dict(raw, name)
         if config is None:
             cfg = detect_two_stream_config(sd, meta, name)
@@ -288,7 +271,7 @@ def convert_two_stream(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[
     if dst.suffix.lower() != ".safetensors":
         raise PipelineError(f"output: '{dst}' must end in .safetensors")
     name = Path(src).name
-    raw, meta = read_weights(src)
+    raw, meta = read_generator_file(src)
     sd = generator_state_dict(raw, name)
     cfg = detect_two_stream_config(sd, meta, name)
     check_generator_state_dict(sd, cfg, name)

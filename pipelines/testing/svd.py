@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .single_file import CONFIG_DIR
+from ..svd.single_file import CONFIG_DIR
 
 TINY_UNET = dict(
     block_out_channels=(32, 64),

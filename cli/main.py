@@ -1,0 +1,41 @@
+"""Command line: the pack's jobs without ComfyUI, and queueing workflows on a ComfyUI server.
+
+Each command group is a module of this package with a ``register(subparsers)`` function; the list
+below is the whole command line. Commands import their heavy modules only when they run, so
+``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..pipelines.errors import PipelineError
+from . import inbetween, queue, refine, remove, two_stream
+
+# In the order ``--help`` lists them.
+COMMAND_GROUPS = (remove, two_stream, refine, inbetween, queue)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m keyframe_propagation",
+        description="Keyframe propagation for video (the ComfyUI pack's jobs).",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

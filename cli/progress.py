@@ -1,0 +1,23 @@
+"""The command line's progress printer: a pipeline's ``progress(done, total, text)`` on stderr."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ..pipelines.progress import ProgressFn
+
+
+def progress_printer(label: str) -> ProgressFn:
+    """Print ``label: done/total text`` on one line of stderr, at most twice a second."""
+    last = [0.0]
+
+    def _cb(done: int, total: int, text: str = "") -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.5 or done >= total:
+            last[0] = now
+            print(f"\r{label}: {done}/{total} {text}   ", end="", file=sys.stderr, flush=True)
+            if done >= total:
+                print(file=sys.stderr)
+
+    return _cb

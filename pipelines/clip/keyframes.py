@@ -1,0 +1,121 @@
+"""Keyframes of a clip: the keyframe-list syntax and artist-edited keyframes."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..errors import PipelineError, note, short_list, wh
+from ..ops import resize_frame
+
+_INT_RE = re.compile(r"-?\d+")
+_RANGE_RE = re.compile(r"(-?\d+)\s*-\s*(-?\d+)(?:\s*:\s*(-?\d+))?")
+
+
+def parse_keyframes(text: str, num_frames: int) -> list[int]:
+    """Parse a keyframe list such as ``"0,20,40"``, ``"0-60:20"``, ``"10-14"`` or ``"0,-1"``.
+
+    Ranges are ``start-end`` (inclusive) with an optional ``:step``; negative indices count from the
+    end (``-1`` is the last frame). Returns sorted unique indices in ``[0, num_frames)``; ``""`` -> ``[]``.
+    Raises PipelineError naming ``keyframes`` and the offending token.
+    """
+    text = (text or "").strip()
+    if text.startswith("[") and text.endswith("]"):  # a pasted Python/JSON list
+        text = text[1:-1]
+    if not text.strip():
+        return []
+    n = int(num_frames)
+    if n <= 0:
+        raise PipelineError(f"keyframes: '{text}' given, but there are no frames to pick keyframes from")
+    valid = f"valid indices are 0..{n - 1} (or -{n}..-1 counting from the end)"
+    syntax = "expected indices like '0,20,40', ranges like '0-60:20' or '10-14'"
+
+    def bad(token: str, why: str) -> PipelineError:
+        return PipelineError(f"keyframes: '{token}' {why}; {syntax}; {valid}")
+
+    def index(value: str, token: str) -> int:
+        i = int(value)
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise bad(token, f"refers to frame {i}, which does not exist ({n} frames)")
+        return j
+
+    result: set[int] = set()
+    for raw in re.split(r"[,;]", text):
+        token = raw.strip()
+        if not token:
+            continue  # tolerate "0,20," and "0,,20"
+        # "0 20 40" (spaces instead of commas) is split further; "0 - 60 : 20" is one range.
+        parts = [token] if _RANGE_RE.fullmatch(token) or _INT_RE.fullmatch(token) else token.split()
+        for part in parts:
+            if _INT_RE.fullmatch(part):
+                result.add(index(part, part))
+                continue
+            m = _RANGE_RE.fullmatch(part)
+            if m is None:
+                raise bad(part, "is not a frame index or range")
+            start, end = index(m.group(1), part), index(m.group(2), part)
+            step = int(m.group(3)) if m.group(3) is not None else 1
+            if step < 1:
+                raise bad(part, f"has step {step}; the step must be 1 or more")
+            if start > end:
+                raise bad(part, f"is a range that goes backwards (frame {start} to {end})")
+            result.update(range(start, end + 1, step))
+    return sorted(result)
+
+
+def apply_edited_keyframes(
+    frames: torch.Tensor,
+    masks: torch.Tensor,
+    edited: torch.Tensor,
+    keyframe_indices: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, list[int], list[str]]:
+    """Replace frames at the first K keyframes by the K ``edited`` images ``(K, H', W', 3)``.
+
+    Edited images are resized to the frame size if needed; their masks become 0 (fully known).
+    Returns new (frames ``(T, H, W, 3)``, masks ``(T, H, W)``, edited indices, notes); inputs are untouched.
+    """
+    notes: list[str] = []
+    e = edited.detach().to("cpu", torch.float32)
+    if e.ndim == 3:
+        e = e[None]
+    if e.ndim != 4 or e.shape[-1] not in (3, 4):
+        raise PipelineError(
+            f"edited_keyframes: expected images (K, H, W, 3), got shape {tuple(edited.shape)}"
+        )
+    if e.shape[-1] == 4:
+        e = e[..., :3]
+        note(notes, "edited_keyframes: dropped the alpha channel of the edited images")
+    k = e.shape[0]
+    kf = [int(i) for i in keyframe_indices]
+    if k > len(kf):
+        raise PipelineError(
+            f"edited_keyframes: {k} edited images but only {len(kf)} keyframes "
+            f"({short_list(kf) or 'none'}); give at most one edited image per keyframe, in keyframe order"
+        )
+    t, h, w = frames.shape[:3]
+    targets = kf[:k]
+    bad = [i for i in targets if not 0 <= i < t]
+    if bad:
+        raise PipelineError(f"keyframes: {short_list(bad)} out of range for {t} frames (0..{t - 1})")
+    new_frames = frames.detach().clone()
+    new_masks = masks.detach().clone()
+    for j, idx in enumerate(targets):
+        img = e[j]
+        if tuple(img.shape[:2]) != (h, w):
+            note(
+                notes,
+                f"edited_keyframes: resized edited image {j} from {wh(tuple(img.shape[:2]))} "
+                f"to the frame size {wh((h, w))} (for keyframe {idx})",
+            )
+            img = torch.from_numpy(resize_frame(img.numpy(), (h, w)))
+        new_frames[idx] = img.to(new_frames.dtype)
+        new_masks[idx] = 0
+    if 0 < k < len(kf):
+        note(
+            notes,
+            f"edited_keyframes: {k} edited images replace keyframes {short_list(targets)}; "
+            f"keyframes {short_list(kf[k:])} keep the original frame",
+        )
+    return new_frames, new_masks, targets, notes
