@@ -15,17 +15,19 @@ from .errors import PipelineError, wh
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def check_shape(x: torch.Tensor, spec: str, what: str) -> dict[str, int]:
+def check_shape(x: torch.Tensor, spec: str, what: str, known: dict[str, int] | None = None) -> dict[str, int]:
     """Check ``x.shape`` against ``spec`` and return the sizes of its named dimensions.
 
     ``spec`` is comma-separated, one entry per dimension: a number (that size exactly), numbers
     joined by ``|`` (one of them), or a name (any size; a name used twice must have the same size
-    both times). Example: ``check_shape(frames, "T,H,W,3", "frames")`` -> ``{"T": 70, "H": 240,
-    "W": 432}``. Raises PipelineError ``"<what>: expected shape (T, H, W, 3), got (...)"``.
+    both times, and a name in ``known`` must have that size). Example: ``check_shape(frames,
+    "T,H,W,3", "frames")`` -> ``{"T": 70, "H": 240, "W": 432}``; then ``check_shape(masks, "T,H,W",
+    "masks", known=that)`` checks the masks against the frames. Raises PipelineError ``"<what>:
+    expected shape (T, H, W, 3), got (...)"`` (with the known sizes filled in).
     """
     dims = [d.strip() for d in spec.split(",")]
     shape = tuple(int(s) for s in x.shape)
-    sizes: dict[str, int] = {}
+    sizes: dict[str, int] = dict(known or {})
     ok = len(shape) == len(dims)
     if ok:
         for d, s in zip(dims, shape):
@@ -37,7 +39,8 @@ def check_shape(x: torch.Tensor, spec: str, what: str) -> dict[str, int]:
             if not ok:
                 break
     if not ok:
-        raise PipelineError(f"{what}: expected shape ({', '.join(dims)}), got {shape}")
+        shown = [str(known[d]) if known and d in known else d for d in dims]
+        raise PipelineError(f"{what}: expected shape ({', '.join(shown)}), got {shape}")
     return sizes
 
 

@@ -129,8 +129,7 @@ def fill_flow_in_mask(
     covers everything gets zero flow (no known pixel to interpolate from). Outside the hole the flow is
     unchanged bit for bit. Returns a new ``(N, 2, H, W)`` tensor.
     """
-    if flow.dim() != 4 or flow.shape[1] != 2:
-        raise PipelineError(f"flow: expected (N, 2, H, W), got shape {tuple(flow.shape)}")
+    check_shape(flow, "N,2,H,W", "flow")
     if n_samples < 1:
         raise PipelineError(f"n_samples must be at least 1, got {n_samples}")
     N, _, H, W = flow.shape
@@ -215,8 +214,7 @@ def flow_to_color(flow: torch.Tensor, max_magnitude: float | None = None) -> tor
     maximum); larger magnitudes are darkened by 0.75 as in the reference code. Zero flow is white.
     Returns ``(N, H, W, 3)`` float in [0, 1] (RGB), ready for a ComfyUI IMAGE.
     """
-    if flow.dim() != 4 or flow.shape[1] != 2:
-        raise PipelineError(f"flow: expected (N, 2, H, W), got shape {tuple(flow.shape)}")
+    check_shape(flow, "N,2,H,W", "flow")
     u, v = flow[:, 0].float(), flow[:, 1].float()
     rad = torch.sqrt(u * u + v * v)
     norm = float(rad.max()) if max_magnitude is None else float(max_magnitude)

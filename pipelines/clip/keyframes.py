@@ -6,6 +6,7 @@ import re
 
 import torch
 
+from ..checks import check_shape
 from ..errors import PipelineError, note, short_list, wh
 from ..ops import resize_frame
 
@@ -80,10 +81,7 @@ def apply_edited_keyframes(
     e = edited.detach().to("cpu", torch.float32)
     if e.ndim == 3:
         e = e[None]
-    if e.ndim != 4 or e.shape[-1] not in (3, 4):
-        raise PipelineError(
-            f"edited_keyframes: expected images (K, H, W, 3), got shape {tuple(edited.shape)}"
-        )
+    check_shape(e, "K,H,W,3|4", "edited_keyframes")
     if e.shape[-1] == 4:
         e = e[..., :3]
         note(notes, "edited_keyframes: dropped the alpha channel of the edited images")

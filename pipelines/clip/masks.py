@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..checks import check_shape
 from ..errors import PipelineError, note, short_list, wh
 from .paths import IMAGE_EXTENSIONS, list_images
 
@@ -136,8 +137,7 @@ def _masks_from_tensor(source: torch.Tensor, t: int, size: tuple[int, int], note
     m = source.detach().to("cpu", torch.float32)
     if m.ndim == 2:
         m = m[None]
-    if m.ndim != 3:
-        raise PipelineError(f"masks: expected a MASK of shape (B, H, W), got shape {tuple(source.shape)}")
+    check_shape(m, "B,H,W", "masks: the MASK input")
     b = m.shape[0]
     if b not in (1, t):
         raise PipelineError(

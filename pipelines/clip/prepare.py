@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..checks import check_int
+from ..checks import check_int, check_shape
 from ..errors import PipelineError, note, wh
 from ..ops import fit_size, resize_frame, resize_mask
 from ..progress import ProgressFn
@@ -37,8 +37,7 @@ def resize_clip(
             lo = max(8, v // 8 * 8)
             raise PipelineError(f"{name}: {v} is not a multiple of 8; use for example {lo} or {lo + 8}")
     width, height = int(width), int(height)
-    if frames.ndim != 4 or masks.ndim != 3 or tuple(frames.shape[:3]) != tuple(masks.shape):
-        raise ValueError(f"frames {tuple(frames.shape)} and masks {tuple(masks.shape)} do not match")
+    check_shape(masks, "T,H,W", "masks", known=check_shape(frames, "T,H,W,3", "frames"))
     notes: list[str] = []
     t, h0, w0 = frames.shape[:3]
     if width == 0 and height == 0:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageSequence
 
-from ..checks import check_int
+from ..checks import check_int, check_shape
 from ..errors import PipelineError, wh
 from ..progress import ProgressFn, report
 from .paths import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images
@@ -107,8 +107,7 @@ def clip_from_images(
     frame_cap = check_int(frame_cap, "frame_cap", 0, "use 0 for no limit or a positive number of frames")
     skip_first = check_int(skip_first, "skip_first", 0, "use 0 or a positive number of frames to skip")
     every_nth = check_int(every_nth, "every_nth", 1, "use 1 to load every frame, 2 for every other, ...")
-    if images.ndim != 4 or images.shape[-1] not in (3, 4):
-        raise PipelineError(f"images: expected an IMAGE batch (B, H, W, 3), got shape {tuple(images.shape)}")
+    check_shape(images, "B,H,W,3|4", "images")
     total = int(images.shape[0])
     selected = _select(total, frame_cap, skip_first, every_nth)
     if not selected:

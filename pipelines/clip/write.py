@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..checks import check_shape
 from ..errors import PipelineError, logger
 from .paths import VIDEO_EXTENSIONS
 
@@ -37,8 +38,7 @@ def save_frames(frames: torch.Tensor, folder: Path, names: Sequence[str], ext: s
     """
     folder = Path(folder)
     ext = ext if ext.startswith(".") else "." + ext
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (T, H, W, 3), got {tuple(frames.shape)}")
+    check_shape(frames, "T,H,W,3", "frames")
     if len(names) != frames.shape[0]:
         raise ValueError(f"{len(names)} names for {frames.shape[0]} frames")
     targets = [folder / f"{Path(str(n)).name}{ext}" for n in names]  # no path separators from names
@@ -88,8 +88,8 @@ def write_video(frames: torch.Tensor, path: Path, fps: float) -> Path:
     if suffix not in _MP4V_CONTAINERS:
         # "out.gif" -> "out.mp4" (mp4v cannot go in a GIF/WebM); "out" -> "out.mp4".
         path = path.with_suffix(".mp4") if suffix in VIDEO_EXTENSIONS else path.with_name(path.name + ".mp4")
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-        raise ValueError(f"frames must be (T, H, W, 3) with T > 0, got {tuple(frames.shape)}")
+    if check_shape(frames, "T,H,W,3", "frames")["T"] == 0:
+        raise PipelineError("frames: no frames to write")
     fps = float(fps) if fps and fps > 0 else 24.0
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = int(frames.shape[1]), int(frames.shape[2])

@@ -437,12 +437,7 @@ def _as_bchw(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
         mask = mask[None, None]
     elif mask.ndim == 3:
         mask = mask[None]
-    if image.ndim != 4 or image.shape[:2] != (1, 3):
-        raise PipelineError(f"image: expected one RGB image (1, 3, H, W), got {tuple(image.shape)}")
-    if mask.ndim != 4 or mask.shape[:2] != (1, 1) or mask.shape[-2:] != image.shape[-2:]:
-        raise PipelineError(
-            f"mask: expected (1, 1, H, W) matching the image {tuple(image.shape)}, got {tuple(mask.shape)}"
-        )
+    check_shape(mask, "1,1,H,W", "mask", known=check_shape(image, "1,3,H,W", "image"))
     return image, mask
 
 
@@ -480,8 +475,7 @@ def multiscale_refine(
             guide = guide.detach().to(dev, torch.float32).clone()
             if guide.ndim == 3:
                 guide = guide[None]
-            if guide.ndim != 4 or guide.shape[:2] != (1, 3):
-                raise PipelineError(f"guide: expected one RGB image (1, 3, h, w), got {tuple(guide.shape)}")
+            check_shape(guide, "1,3,h,w", "guide")
         _autograd_ready(model)
         was_training = isinstance(model, nn.Module) and model.training
         if was_training:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_shape
 from ..errors import PipelineError, wh
 from ..ops import fit_size
 from .compat import resize_with_antialiasing
@@ -25,8 +26,7 @@ def image_to_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
         if image.shape[0] != 1:
             raise PipelineError(f"{what}: expected one image, got a batch of {image.shape[0]}")
         image = image[0]
-    if image.ndim != 3 or image.shape[-1] < 3:
-        raise PipelineError(f"{what}: expected an (H, W, 3) image, got shape {tuple(image.shape)}")
+    check_shape(image, "H,W,3|4", what)
     return image[..., :3].permute(2, 0, 1)[None].float().clamp(0, 1)
 
 

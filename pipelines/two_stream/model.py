@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checks import check_shape
 from ..errors import PipelineError
 from ..ffc import FFCResnetBlock
 from ..ops import pad_bottom_right, warp
@@ -563,10 +564,8 @@ class TwoStreamGenerator(nn.Module):
         b, _, H, W = target.shape
         if keyframes is None:
             keyframes = target.new_zeros((b, 0, *target.shape[1:]))
-        if keyframes.dim() != 5 or keyframes.shape[0] != b or keyframes.shape[2:] != target.shape[1:]:
-            raise PipelineError(
-                f"keyframes: expected (B={b}, T, {target.shape[1]}, {H}, {W}), got {tuple(keyframes.shape)}"
-            )
+        known = {"B": b, "C": int(target.shape[1]), "H": H, "W": W}
+        check_shape(keyframes, "B,T,C,H,W", "keyframes", known=known)
         t = keyframes.shape[1]
         if flows is None:
             flows = target.new_zeros((b, t, 2, H, W), dtype=torch.float32)
