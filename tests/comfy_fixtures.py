@@ -78,7 +78,9 @@ class Server:
         return json.loads(raw)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(15)
@@ -99,11 +101,27 @@ def serve(base: Path) -> Iterator[Server]:
 
 
 def new_base(base: Path) -> Path:
-    """An empty base directory with the pack linked into custom_nodes/."""
+    """An empty base directory with the pack linked into custom_nodes/, for a returning user: a new
+    user's first page opens the template browser over the graph (Comfy.TutorialCompleted unset)."""
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    settings = base / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     link = base / "custom_nodes" / PACK_DIR_NAME
     if not link.exists():
         link.symlink_to(REPO, target_is_directory=True)
+    return base
+
+
+def shared_base(base: Path) -> Path:
+    """The base directory of the session's one ComfyUI: the pack, the demo clip and every template's
+    tiny models and inputs. Test modules add their own extra files under it (ComfyUI rescans model
+    folders when they change)."""
+    new_base(base)
+    add_demo_clip(base)
+    add_two_stream(base)
+    add_refine(base)
+    add_inbetween(base)
     return base
 
 

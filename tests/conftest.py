@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -38,8 +41,10 @@ def comfy_nodes(tmp_path_factory):
 
         args.cpu = True  # as `main.py --cpu`: this machine has no GPU
         import comfy_api.latest  # noqa: F401
-    except Exception as e:  # ComfyUI's requirements missing
-        pytest.skip(f"ComfyUI at {COMFYUI_PATH} does not import: {e}")
+    except ModuleNotFoundError as e:  # ComfyUI's requirements missing
+        pytest.skip(f"ComfyUI at {COMFYUI_PATH} does not import: {missing_modules_hint([str(e.name)])}")
+    except Exception as e:
+        pytest.skip(f"ComfyUI at {COMFYUI_PATH} does not import: {type(e).__name__}: {e}")
     import folder_paths
 
     folder_paths.set_temp_directory(str(tmp_path_factory.mktemp("comfy_temp")))
@@ -50,14 +55,69 @@ def comfy_nodes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """torch on one thread for a module (use: ``pytestmark = pytest.mark.usefixtures("one_thread")``):
-    on two shared cores, two threads slow the model tests down badly when anything else runs."""
+    """torch and OpenCV on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    the runs are small, and on two shared cores two threads slow them down badly when anything else
+    runs."""
+    import cv2
     import torch
 
-    n = torch.get_num_threads()
+    torch_threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     yield
-    torch.set_num_threads(n)
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(cv_threads)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """One real ComfyUI for every integration and browser test: a base directory with the demo clip,
+    tiny random models under the templates' names and the inputs the tests queue (see
+    comfy_fixtures.shared_base). Skipped, with the reason, when ComfyUI is absent or cannot start."""
+    if not comfyui_available():
+        pytest.skip(f"no ComfyUI checkout at {COMFYUI_PATH} (set COMFYUI_PATH)")
+    from comfy_fixtures import Server, shared_base
+
+    srv = Server(shared_base(tmp_path_factory.mktemp("comfy_base")))
+    try:
+        srv.start()
+    except RuntimeError as e:
+        srv.stop()
+        missing = sorted(set(re.findall(r"No module named '([^']+)'", str(e))))
+        if missing:  # ComfyUI's own requirements are not installed: not the pack's failure
+            pytest.skip(f"ComfyUI at {COMFYUI_PATH} cannot start: {missing_modules_hint(missing)}")
+        raise
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def missing_modules_hint(missing: list[str]) -> str:
+    """What to tell a user whose ComfyUI lacks modules: which, and the command that installs them."""
+    return (
+        f"missing Python modules {', '.join(missing)}; install ComfyUI's requirements with "
+        f"'python -m pip install -r {COMFYUI_PATH / 'requirements.txt'}' (torch excluded: see README)"
+    )
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``python -m keyframe_propagation ARGV`` in this process: (exit code, stdout, stderr)."""
+    from keyframe_propagation.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def node_defaults(node_cls) -> dict:
+    """Widget defaults of a node, from its schema (for calling ``execute`` as ComfyUI would)."""
+    out = {}
+    for inp in node_cls.GET_SCHEMA().inputs:
+        if getattr(inp, "default", None) is not None:
+            out[inp.id] = inp.default
+    return out
 
 
 def reference_keys(filename: str) -> dict:

@@ -26,12 +26,6 @@ import pytest
 from comfy_fixtures import (
     PACK_DIR_NAME,
     TENNIS,
-    add_demo_clip,
-    add_inbetween,
-    add_refine,
-    add_two_stream,
-    new_base,
-    serve,
 )
 from conftest import COMFYUI_PATH, REPO, comfyui_available
 
@@ -80,14 +74,8 @@ NEEDS_TENNIS = {"remove_object", "remove_object_two_stream"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = new_base(tmp_path_factory.mktemp("comfy_browser"))
-    add_demo_clip(base)
-    add_two_stream(base)
-    add_refine(base)
-    add_inbetween(base)
-    with serve(base) as srv:
-        yield srv
+def server(comfy_server):
+    return comfy_server
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +158,9 @@ class Editor:
         raise AssertionError(f"the workflow did not finish in {timeout} s:\n{self.server.log_text()[-3000:]}")
 
     def screenshot(self, name: str) -> Path:
+        """A picture of the graph: no dialog (template browser, settings ...) may cover it."""
+        dialogs = self.page.locator("[role=dialog]:visible, .p-dialog-mask:visible")
+        assert dialogs.count() == 0, f"{name}: a dialog covers the graph: {dialogs.first.inner_text()[:200]}"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
         self.page.screenshot(path=str(path))
@@ -179,11 +170,19 @@ class Editor:
         self.page.close()
 
 
-@pytest.fixture
-def editor(browser, server):
+@pytest.fixture(scope="module")
+def _page(browser, server):
+    """One editor page for the module: loading the frontend costs seconds, and each test loads its
+    own graph into it."""
     ed = Editor(browser, server)
     yield ed
     ed.close()
+
+
+@pytest.fixture
+def editor(_page):
+    _page.errors.clear()
+    return _page
 
 
 def _widget_values(editor: Editor) -> dict:

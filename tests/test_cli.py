@@ -1,10 +1,8 @@
-"""Tests of the command line (cli.py, ``python -m keyframe_propagation``) and of comfy_client's
+"""Tests of the command line (cli/, run in-process; one `python -m` smoke test) and of comfy_client's
 editor-workflow -> API-prompt conversion (no server needed)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import shutil
 import subprocess
@@ -14,9 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
+from conftest import run_cli
 
-from keyframe_propagation.cli import main
 from keyframe_propagation.cli.comfy_client import is_api_format, ui_to_api
 from keyframe_propagation.pipelines.errors import PipelineError
 
@@ -28,6 +25,9 @@ PSNR_RE = re.compile(
 )
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def read_rgb_u8(path: Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert img is not None, f"cannot read {path}"
@@ -36,24 +36,6 @@ def read_rgb_u8(path: Path) -> np.ndarray:
 
 def remove_args(frames: Path, masks: Path, out: Path, *extra: str) -> list[str]:
     return ["remove", "--frames", str(frames), "--masks", str(masks), "--out", str(out), *extra]
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch/OpenCV thread: the runs are small, and CI machines are shared (no oversubscription)."""
-    torch_threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    yield
-    torch.set_num_threads(torch_threads)
-    cv2.setNumThreads(cv_threads)
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +65,10 @@ def test_module_entry_point_help(tmp_path):
         assert cmd in res.stdout
 
 
-def test_module_entry_point_error_exit_code(tmp_path):
-    res = subprocess.run(
-        [sys.executable, "-m", "keyframe_propagation", "remove", "--frames", str(tmp_path / "absent"),
-         "--out", str(tmp_path / "out")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert res.returncode == 2
-    assert "error: frames:" in res.stderr and "Traceback" not in res.stderr
+def test_error_exit_code_and_worded_message(tmp_path):
+    rc, _, err = run_cli(["remove", "--frames", str(tmp_path / "absent"), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "error: frames:" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,10 +76,10 @@ def test_module_entry_point_error_exit_code(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_demo_writes_outputs_and_reports_psnr_gain(tmp_path, capsys):
+def test_demo_writes_outputs_and_reports_psnr_gain(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), *DEMO_ARGS]) == 0
-    stdout = capsys.readouterr().out
+    rc, stdout, _ = run_cli(["demo", "--out", str(out), *DEMO_ARGS])
+    assert rc == 0
     m = PSNR_RE.search(stdout)
     assert m, f"no PSNR line in:\n{stdout}"
     ours, telea, gain = float(m["ours"]), float(m["telea"]), float(m["gain"])

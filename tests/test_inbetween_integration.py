@@ -23,13 +23,8 @@ PAIR = DATA / "svd_kf_pair_720p"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from comfy_fixtures import add_inbetween, new_base, serve
-
-    base = new_base(tmp_path_factory.mktemp("comfy_svd"))
-    add_inbetween(base)
-    with serve(base) as srv:
-        yield srv
+def server(comfy_server):
+    return comfy_server
 
 
 def test_inbetween_nodes_listed(server):

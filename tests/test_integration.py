@@ -7,14 +7,12 @@ temporary base directory, and skips cleanly when there is no checkout.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
-from comfy_fixtures import PACK_DIR_NAME, TENNIS, add_demo_clip, new_base, serve
-from conftest import COMFYUI_PATH, REPO, comfyui_available
+from comfy_fixtures import PACK_DIR_NAME, TENNIS
+from conftest import COMFYUI_PATH, REPO, comfyui_available, run_cli
 
 from keyframe_propagation.cli.comfy_client import ComfyClient, ui_to_api
 from keyframe_propagation.pipelines.errors import PipelineError
@@ -28,11 +26,8 @@ NODE_IDS = ["KFP_LoadKeyframes", "KFP_FlowEstimate", "KFP_TwoStreamInpaint"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = new_base(tmp_path_factory.mktemp("comfy_base"))
-    add_demo_clip(base)
-    with serve(base) as srv:
-        yield srv
+def server(comfy_server):
+    return comfy_server
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +119,8 @@ def test_api_example_runs_on_real_clip(server):
 @pytest.mark.skipif(not TENNIS.is_dir(), reason=f"real data not found at {TENNIS}")
 def test_cli_queue_converts_the_ui_template(server, tmp_path):
     out = tmp_path / "outs"
-    r = subprocess.run(
+    rc, stdout, stderr = run_cli(
         [
-            sys.executable,
-            "-m",
-            "keyframe_propagation",
             "queue",
             str(REPO / "example_workflows" / "remove_object.json"),
             "--server",
@@ -139,13 +131,10 @@ def test_cli_queue_converts_the_ui_template(server, tmp_path):
             "1.frame_cap=6",
             "--set",
             "3.chunk=4",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        ]
     )
-    assert r.returncode == 0, r.stderr + r.stdout
-    assert "status: success" in r.stdout
+    assert rc == 0, stderr + stdout
+    assert "status: success" in stdout
     assert len(list(out.glob("removed*.png"))) == 6
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import node_defaults
 from PIL import Image
 
 from keyframe_propagation.pipelines.errors import PipelineError
@@ -41,15 +42,6 @@ def _write_clip(folder, clip):
         )
 
 
-def _defaults(node_cls) -> dict:
-    """Widget defaults of a node, from its schema."""
-    out = {}
-    for inp in node_cls.GET_SCHEMA().inputs:
-        if getattr(inp, "default", None) is not None:
-            out[inp.id] = inp.default
-    return out
-
-
 def test_every_input_and_output_has_a_tooltip(comfy_nodes):
     for cls in comfy_nodes.NODES:
         schema = cls.GET_SCHEMA()
@@ -64,7 +56,7 @@ def test_every_input_and_output_has_a_tooltip(comfy_nodes):
 def test_load_keyframes_folder(input_dir, comfy_nodes, clip):
     _write_clip(input_dir / "shot", clip)
     node = comfy_nodes.LoadKeyframes
-    args = _defaults(node) | {"frames": "shot/frames", "masks": "shot/masks", "keyframes": "0,-1"}
+    args = node_defaults(node) | {"frames": "shot/frames", "masks": "shot/masks", "keyframes": "0,-1"}
     out = node.execute(**args)
     frames, masks, kf = out.result
     assert frames.shape == (10, 96, 160, 3) and masks.shape == (10, 96, 160)
@@ -93,7 +85,7 @@ def test_load_keyframes_folder(input_dir, comfy_nodes, clip):
 def test_load_keyframes_errors_name_the_input(input_dir, comfy_nodes, clip):
     _write_clip(input_dir / "shot", clip)
     node = comfy_nodes.LoadKeyframes
-    base = _defaults(node) | {"frames": "shot/frames", "masks": "shot/masks"}
+    base = node_defaults(node) | {"frames": "shot/frames", "masks": "shot/masks"}
     with pytest.raises(PipelineError, match="frames"):
         node.execute(**base | {"frames": "nope"})
     with pytest.raises(PipelineError, match="frames"):
@@ -107,7 +99,7 @@ def test_load_keyframes_errors_name_the_input(input_dir, comfy_nodes, clip):
 def test_load_keyframes_fingerprint_changes_when_a_file_changes(input_dir, comfy_nodes, clip):
     _write_clip(input_dir / "shot", clip)
     node = comfy_nodes.LoadKeyframes
-    args = _defaults(node) | {"frames": "shot/frames", "masks": "shot/masks"}
+    args = node_defaults(node) | {"frames": "shot/frames", "masks": "shot/masks"}
     a = node.fingerprint_inputs(**args)
     assert node.fingerprint_inputs(**args) == a
     Image.fromarray(np.zeros((96, 160), np.uint8)).save(input_dir / "shot" / "masks" / "00003.png")
@@ -117,7 +109,7 @@ def test_load_keyframes_fingerprint_changes_when_a_file_changes(input_dir, comfy
 
 def test_load_keyframes_from_image_and_mask_inputs(input_dir, comfy_nodes, clip):
     node = comfy_nodes.LoadKeyframes
-    args = _defaults(node) | {"images": clip.frames, "mask": clip.masks[:1], "skip_first": 2}
+    args = node_defaults(node) | {"images": clip.frames, "mask": clip.masks[:1], "skip_first": 2}
     frames, masks, kf = node.execute(**args).result
     assert frames.shape[0] == 8 and torch.equal(frames, clip.frames[2:])
     assert torch.equal(masks, clip.masks[:1].expand(8, -1, -1))
@@ -126,14 +118,14 @@ def test_load_keyframes_from_image_and_mask_inputs(input_dir, comfy_nodes, clip)
 
 def test_flow_then_inpaint_nodes(comfy_nodes, clip):
     flow_node, inpaint = comfy_nodes.FlowEstimate, comfy_nodes.TwoStreamInpaint
-    flow_out = flow_node.execute(**_defaults(flow_node) | {"images": clip.frames, "masks": clip.masks})
+    flow_out = flow_node.execute(**node_defaults(flow_node) | {"images": clip.frames, "masks": clip.masks})
     flow, preview, occ = flow_out.result
     _assert_animated_preview(flow_out.ui, frames=9, size=(96, 160 * 2 + 4))
     assert flow.num_frames == 10 and preview.shape == (9, 96, 160, 3) and occ.shape == (9, 96, 160)
     assert flow.forward.dtype == torch.float16  # the clip's flow is kept compact
     assert 0.0 <= float(preview.min()) and float(preview.max()) <= 1.0
     inpaint_out = inpaint.execute(
-        **_defaults(inpaint) | {"images": clip.frames, "masks": clip.masks, "flow": flow}
+        **node_defaults(inpaint) | {"images": clip.frames, "masks": clip.masks, "flow": flow}
     )
     filled, unseen = inpaint_out.result
     _assert_animated_preview(inpaint_out.ui, frames=10, size=(96, 160))
@@ -162,18 +154,18 @@ def _assert_animated_preview(shown: dict, frames: int, size: tuple[int, int]) ->
 
 def test_inpaint_node_input_errors(comfy_nodes, clip):
     node = comfy_nodes.TwoStreamInpaint
-    base = _defaults(node) | {"images": clip.frames, "masks": clip.masks}
+    base = node_defaults(node) | {"images": clip.frames, "masks": clip.masks}
     with pytest.raises(PipelineError, match="masks"):
         node.execute(**base | {"masks": clip.masks[:3]})
     with pytest.raises(PipelineError, match="masks"):
         node.execute(**base | {"masks": clip.masks[:, :50]})
     with pytest.raises(PipelineError, match="flow"):
         flow_node = comfy_nodes.FlowEstimate
-        flow = flow_node.execute(**_defaults(flow_node) | {"images": clip.frames[:4]}).result[0]
+        flow = flow_node.execute(**node_defaults(flow_node) | {"images": clip.frames[:4]}).result[0]
         node.execute(**base | {"flow": flow})
     with pytest.raises(PipelineError, match="raft_model"):
         flow_node = comfy_nodes.FlowEstimate
-        flow_node.execute(**_defaults(flow_node) | {"images": clip.frames[:2], "backend": "raft"})
+        flow_node.execute(**node_defaults(flow_node) | {"images": clip.frames[:2], "backend": "raft"})
 
 
 def test_cancel_stops_the_node(comfy_nodes, clip):
@@ -184,7 +176,7 @@ def test_cancel_stops_the_node(comfy_nodes, clip):
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            node.execute(**_defaults(node) | {"images": clip.frames, "masks": clip.masks})
+            node.execute(**node_defaults(node) | {"images": clip.frames, "masks": clip.masks})
     finally:
         mm.interrupt_current_processing(False)
 
@@ -195,7 +187,7 @@ def test_progress_bar_receives_updates(comfy_nodes, clip, monkeypatch):
     seen = []
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, p, node_id=None: seen.append((v, t)))
     node = comfy_nodes.TwoStreamInpaint
-    node.execute(**_defaults(node) | {"images": clip.frames, "masks": clip.masks})
+    node.execute(**node_defaults(node) | {"images": clip.frames, "masks": clip.masks})
     assert seen and seen[-1] == (10, 10)
     assert [v for v, _ in seen] == sorted(v for v, _ in seen)
 
@@ -217,10 +209,10 @@ def test_progress_text_is_sent_to_the_running_node(comfy_nodes, clip, monkeypatc
     monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=PromptServer))
     node = comfy_nodes.TwoStreamInpaint
     with CurrentNodeContext("prompt", "7"):
-        node.execute(**_defaults(node) | {"images": clip.frames, "masks": clip.masks})
+        node.execute(**node_defaults(node) | {"images": clip.frames, "masks": clip.masks})
     assert sent and all(node_id == "7" for node_id, _ in sent)
     assert any(text.startswith("chunk 1/") for _, text in sent)
     assert len(sent) == len({t for _, t in sent})  # only changes are sent
     sent.clear()
-    node.execute(**_defaults(node) | {"images": clip.frames, "masks": clip.masks})
+    node.execute(**node_defaults(node) | {"images": clip.frames, "masks": clip.masks})
     assert not sent  # outside a prompt: the bar alone

@@ -27,6 +27,9 @@ FULL = PropagationConfig(chunk=T, lookahead=T)  # one chunk, backward sweep from
 # ------------------------------------------------------------------------------------------------
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def texture(h: int = H, w: int = W, seed: int = 0) -> np.ndarray:
     """Smooth random RGB texture ``(h, w, 3)`` float32 in [0, 1] with contrast everywhere."""
     rng = np.random.default_rng(seed)
@@ -72,17 +75,6 @@ class CountingEstimator:
         assert a.shape[0] == 1 and b.shape[0] == 1
         self.pairs.append((self._index(a), self._index(b)))
         return self.inner(a, b)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch/OpenCV thread: the runs are small, and CI machines are shared (no oversubscription)."""
-    torch_threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    yield
-    torch.set_num_threads(torch_threads)
-    cv2.setNumThreads(cv_threads)
 
 
 @pytest.fixture(scope="module")

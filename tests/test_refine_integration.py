@@ -19,13 +19,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from comfy_fixtures import add_refine, new_base, serve
-
-    base = new_base(tmp_path_factory.mktemp("comfy_refine"))
-    add_refine(base)
-    with serve(base) as srv:
-        yield srv
+def server(comfy_server):
+    return comfy_server
 
 
 def test_refine_template_converts_and_runs(server):

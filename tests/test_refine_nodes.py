@@ -10,6 +10,7 @@ import importlib
 
 import pytest
 import torch
+from conftest import node_defaults
 from safetensors.torch import save_file
 
 from keyframe_propagation.pipelines.errors import PipelineError
@@ -81,7 +82,7 @@ def test_schemas_tooltips_and_unique_ids(refine_nodes):
         for out in schema.outputs:
             assert out.tooltip, f"{schema.node_id} output {out.id} has no tooltip"
     refine = refine_nodes.MultiscaleRefine.GET_SCHEMA()
-    d = _defaults(refine_nodes.MultiscaleRefine)
+    d = node_defaults(refine_nodes.MultiscaleRefine)
     ref = RefineConfig()
     assert (d["n_iters"], d["lr"], d["min_side"], d["max_scales"], d["px_budget"]) == (
         ref.n_iters,
@@ -123,7 +124,7 @@ def test_refine_node_under_inference_mode(inpaint_dir, refine_nodes, frames, tin
     with torch.inference_mode():  # as ComfyUI runs every node
         (model,) = refine_nodes.InpaintModelLoader.execute(model_name="tiny.safetensors", dtype="fp32").result
         node = refine_nodes.MultiscaleRefine
-        args = _defaults(node) | {
+        args = node_defaults(node) | {
             "image": images,
             "mask": masks,
             "model": model,
@@ -143,7 +144,13 @@ def test_refine_node_under_inference_mode(inpaint_dir, refine_nodes, frames, tin
 def test_refine_node_options_and_guide(refine_nodes, frames, tiny):
     images, masks = frames
     node = refine_nodes.MultiscaleRefine
-    base = _defaults(node) | {"image": images, "mask": masks[:1], "model": tiny, "n_iters": 2, "min_side": 48}
+    base = node_defaults(node) | {
+        "image": images,
+        "mask": masks[:1],
+        "model": tiny,
+        "n_iters": 2,
+        "min_side": 48,
+    }
     with torch.inference_mode():
         guided = node.execute(**base | {"guide": torch.full((1, 24, 32, 3), 0.5)}).result[0]
         fast = node.execute(
@@ -177,7 +184,9 @@ def test_cancel_stops_mid_frame(refine_nodes, frames, tiny):
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException), torch.inference_mode():
-            node.execute(**_defaults(node) | {"image": images, "mask": masks, "model": tiny, "min_side": 48})
+            node.execute(
+                **node_defaults(node) | {"image": images, "mask": masks, "model": tiny, "min_side": 48}
+            )
     finally:
         mm.interrupt_current_processing(False)
 
@@ -191,97 +200,70 @@ def test_progress_bar_per_iteration(refine_nodes, frames, tiny, monkeypatch):
     node = refine_nodes.MultiscaleRefine
     with torch.inference_mode():
         node.execute(
-            **_defaults(node) | {"image": images, "mask": masks, "model": tiny, "n_iters": 3, "min_side": 48}
+            **node_defaults(node)
+            | {"image": images, "mask": masks, "model": tiny, "n_iters": 3, "min_side": 48}
         )
     # Two frames x (1 coarse pass + 3 passes at the full scale).
     assert seen[-1] == (8, 8)
     assert [v for v, _ in seen] == sorted(v for v, _ in seen) and len(seen) >= 8
 
 
-PROBE = """
-from comfy_api.latest import ComfyExtension
-
-from keyframe_propagation.nodes.common import register_model_folders
-from keyframe_propagation.nodes.refine import NODE_LIST
-
-
-class RefineProbe(ComfyExtension):
-    async def get_node_list(self):
-        register_model_folders()
-        return NODE_LIST
-
-
-async def comfy_entrypoint():
-    return RefineProbe()
-"""
-
-
 @pytest.mark.integration
-def test_refine_in_a_real_comfyui_server(tmp_path, tiny):
+def test_refine_in_a_real_comfyui_server(comfy_server, tmp_path, tiny):
     """Loader -> refine -> SaveImage queued on a real ComfyUI (its executor runs nodes under
-    inference mode). The two nodes are registered by a probe extension, independently of the pack's
-    node list."""
-    from conftest import COMFYUI_PATH, comfyui_available
-
-    if not comfyui_available():
-        pytest.skip(f"no ComfyUI checkout at {COMFYUI_PATH}")
+    inference mode), with a tiny LaMa saved as safetensors in models/inpaint."""
     import numpy as np
-    from comfy_fixtures import serve
     from PIL import Image
 
     from keyframe_propagation.cli.comfy_client import ComfyClient
 
-    base = tmp_path / "comfy_base"
-    (base / "custom_nodes" / "kfp_refine_probe").mkdir(parents=True)
-    (base / "custom_nodes" / "kfp_refine_probe" / "__init__.py").write_text(PROBE)
-    (base / "models" / "inpaint").mkdir(parents=True)
+    base = comfy_server.base
     save_file(tiny.state_dict(), base / "models" / "inpaint" / "tiny.safetensors")
-    (base / "input").mkdir()
     rng = np.random.default_rng(0)
     img = (rng.random((128, 160, 3)) * 255).astype(np.uint8)
     Image.fromarray(img).save(base / "input" / "img.png")
     mk = np.zeros((128, 160), np.uint8)
     mk[40:90, 50:110] = 255
     Image.fromarray(mk).save(base / "input" / "mask.png")
-    with serve(base) as srv:
-        info = srv.get("/object_info")
-        assert "KFP_MultiscaleRefine" in info, srv.log_text()[-3000:]
-        spec = info["KFP_InpaintModelLoader"]["input"]["required"]["model_name"]
-        assert "tiny.safetensors" in spec[1]["options"]  # models/inpaint registered and scanned
-        refine_inputs = {
-            "n_iters": 3,
-            "lr": 0.002,
-            "min_side": 64,
-            "max_scales": 3,
-            "px_budget": 1_800_000,
-            "crop": False,
-            "crop_margin": 128,
-            "early_stop": False,
-            "patience": 2,
-            "min_improvement": 0.005,
-            "checkpointing": False,
-            "precision": "fp32",
-            "output_size": "input",
-        }
-        prompt = {
-            "1": {"class_type": "LoadImage", "inputs": {"image": "img.png"}},
-            "2": {"class_type": "LoadImageMask", "inputs": {"image": "mask.png", "channel": "red"}},
-            "3": {
-                "class_type": "KFP_InpaintModelLoader",
-                "inputs": {"model_name": "tiny.safetensors", "dtype": "fp32"},
-            },
-            "4": {
-                "class_type": "KFP_MultiscaleRefine",
-                "inputs": {"image": ["1", 0], "mask": ["2", 0], "model": ["3", 0], **refine_inputs},
-            },
-            "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "refined"}},
-        }
-        client = ComfyClient(srv.url)
-        entry = client.wait(client.queue(prompt), timeout=180)
-        assert entry["status"]["status_str"] == "success"
-        (path,) = [p for p in client.download_outputs(entry, tmp_path / "out") if p.suffix == ".png"]
-        out = np.asarray(Image.open(path).convert("RGB"))
-        assert out.shape == img.shape
-        known = mk == 0
-        assert np.array_equal(out[known], img[known])
-        assert np.abs(out[~known].astype(int) - img[~known].astype(int)).mean() > 2
+    srv = comfy_server
+    info = srv.get("/object_info")
+    assert "KFP_MultiscaleRefine" in info, srv.log_text()[-3000:]
+    spec = info["KFP_InpaintModelLoader"]["input"]["required"]["model_name"]
+    assert "tiny.safetensors" in spec[1]["options"]  # models/inpaint registered and scanned
+    refine_inputs = {
+        "n_iters": 3,
+        "lr": 0.002,
+        "min_side": 64,
+        "max_scales": 3,
+        "px_budget": 1_800_000,
+        "crop": False,
+        "crop_margin": 128,
+        "early_stop": False,
+        "patience": 2,
+        "min_improvement": 0.005,
+        "checkpointing": False,
+        "precision": "fp32",
+        "output_size": "input",
+    }
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "img.png"}},
+        "2": {"class_type": "LoadImageMask", "inputs": {"image": "mask.png", "channel": "red"}},
+        "3": {
+            "class_type": "KFP_InpaintModelLoader",
+            "inputs": {"model_name": "tiny.safetensors", "dtype": "fp32"},
+        },
+        "4": {
+            "class_type": "KFP_MultiscaleRefine",
+            "inputs": {"image": ["1", 0], "mask": ["2", 0], "model": ["3", 0], **refine_inputs},
+        },
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "refined"}},
+    }
+    client = ComfyClient(srv.url)
+    entry = client.wait(client.queue(prompt), timeout=180)
+    assert entry["status"]["status_str"] == "success"
+    (path,) = [p for p in client.download_outputs(entry, tmp_path / "out") if p.suffix == ".png"]
+    out = np.asarray(Image.open(path).convert("RGB"))
+    assert out.shape == img.shape
+    known = mk == 0
+    assert np.array_equal(out[known], img[known])
+    assert np.abs(out[~known].astype(int) - img[~known].astype(int)).mean() > 2

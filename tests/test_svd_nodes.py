@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from conftest import node_defaults
 
 from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.svd.loading import extract_reverse_delta
@@ -51,7 +52,7 @@ FAST = {"num_frames": 4, "steps": 2, "noise_injection_steps": 1, "decode_chunk_s
 @pytest.fixture(scope="module")
 def loaded(inb):
     node = inb.ReverseSVDLoader
-    args = _defaults(node) | {
+    args = node_defaults(node) | {
         "svd_model": "diffusers/svd_tiny_xt",
         "reverse_weights": "reverse_motion/tiny_reverse_delta.safetensors",
         "dtype": "fp32",
@@ -83,7 +84,7 @@ def test_loader_lists_models_and_both_reverse_forms_agree(inb, loaded):
     assert rev[0] == "none" and "reverse_motion/tiny_reverse_delta.safetensors" in rev
     assert "reverse_motion/svd_reverse_motion_with_attnflip/unet" in rev
     assert "diffusers/svd_tiny_img2vid" in schema["base_unet"].options
-    args = _defaults(inb.ReverseSVDLoader) | {
+    args = node_defaults(inb.ReverseSVDLoader) | {
         "svd_model": "diffusers/svd_tiny_xt",
         "reverse_weights": "reverse_motion/svd_reverse_motion_with_attnflip/unet",
         "base_unet": "diffusers/svd_tiny_img2vid",
@@ -101,7 +102,7 @@ def test_loader_lists_models_and_both_reverse_forms_agree(inb, loaded):
 
 def test_sampler_two_keyframes_fused_and_reference(inb, loaded):
     node = inb.DualDirectionalSampler
-    args = _defaults(node) | FAST | {"model": loaded, "first_frame": _image(1), "last_frame": _image(2)}
+    args = node_defaults(node) | FAST | {"model": loaded, "first_frame": _image(1), "last_frame": _image(2)}
     frames, latent = node.execute(**args).result
     assert frames.shape == (4, 64, 64, 3) and 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
     assert latent["samples"].shape == (4, 4, 8, 8)
@@ -122,7 +123,9 @@ def test_sampler_with_keyframes_makes_segments(inb, loaded):
     node = inb.DualDirectionalSampler
     clip = _image(3, n=7)
     kf = KeyframesData(indices=[0, 3, 6], size=(64, 64), num_frames=7)
-    args = _defaults(node) | FAST | {"model": loaded, "first_frame": clip, "keyframes": kf, "num_frames": 0}
+    args = (
+        node_defaults(node) | FAST | {"model": loaded, "first_frame": clip, "keyframes": kf, "num_frames": 0}
+    )
     frames, latent = node.execute(**args).result
     assert frames.shape == (7, 64, 64, 3) and latent["samples"].shape[0] == 7  # 4 + 4 - 1 shared
     frames, _ = node.execute(**args | {"num_frames": 3}).result
@@ -133,7 +136,7 @@ def test_sampler_with_keyframes_makes_segments(inb, loaded):
 
 def test_sampler_input_errors(inb, loaded):
     node = inb.DualDirectionalSampler
-    args = _defaults(node) | FAST | {"model": loaded, "first_frame": _image(1)}
+    args = node_defaults(node) | FAST | {"model": loaded, "first_frame": _image(1)}
     with pytest.raises(PipelineError, match="last_frame"):
         node.execute(**args)
     with pytest.raises(PipelineError, match="multiple of 64"):
@@ -151,7 +154,7 @@ def test_cancel_and_progress(inb, loaded, monkeypatch):
     import comfy.utils
 
     node = inb.DualDirectionalSampler
-    args = _defaults(node) | FAST | {"model": loaded, "first_frame": _image(1), "last_frame": _image(2)}
+    args = node_defaults(node) | FAST | {"model": loaded, "first_frame": _image(1), "last_frame": _image(2)}
     seen = []
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, p, node_id=None: seen.append((v, t)))
     node.execute(**args)

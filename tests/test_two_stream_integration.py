@@ -23,15 +23,13 @@ N_FRAMES = 8
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from comfy_fixtures import add_two_stream, new_base, serve
-
-    base = new_base(tmp_path_factory.mktemp("comfy_two_stream"))
-    models = add_two_stream(base)
-    (models / "broken.ckpt").write_bytes(b"\x00" * 64)
+def server(comfy_server):
+    """The session's ComfyUI, plus a broken checkpoint and a small synthetic clip (input/tsclip)."""
+    base = comfy_server.base
+    (base / "models" / "two_stream" / "broken.ckpt").write_bytes(b"\x00" * 64)
     clip = make_clip(num_frames=N_FRAMES, height=48, width=64, seed=12)
     for sub in ("frames", "masks"):
-        (base / "input" / "tsclip" / sub).mkdir(parents=True)
+        (base / "input" / "tsclip" / sub).mkdir(parents=True, exist_ok=True)
     for t in range(N_FRAMES):
         Image.fromarray((clip.frames[t].numpy() * 255 + 0.5).astype(np.uint8)).save(
             base / "input" / "tsclip" / "frames" / f"{t:03d}.png"
@@ -39,9 +37,7 @@ def server(tmp_path_factory):
         Image.fromarray((clip.masks[t].numpy() * 255).astype(np.uint8)).save(
             base / "input" / "tsclip" / "masks" / f"{t:03d}.png"
         )
-    (base / "input" / "keyframe_demo").symlink_to(base / "input" / "tsclip", target_is_directory=True)
-    with serve(base) as srv:
-        yield srv
+    return comfy_server
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +124,7 @@ def test_example_workflow_converts_and_runs(server, object_info):
     ui = json.loads((REPO / "example_workflows" / "remove_object_two_stream.json").read_text())
     api = json.loads((REPO / "example_workflows" / "api" / "remove_object_two_stream_api.json").read_text())
     assert ui_to_api(ui, object_info) == api
+    api["1"]["inputs"].update({"frames": "tsclip/frames", "masks": "tsclip/masks"})  # the small clip
     api["2"]["inputs"]["dtype"] = "fp32"
     api["4"]["inputs"].update({"generate_every": 4, "keyframe_offsets": "-4,4", "work_long_side": 64})
     client = ComfyClient(server.url)

@@ -5,12 +5,9 @@ Tiny randomly initialised generators are saved by the tests in each format and r
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import save_file
 
 from keyframe_propagation.pipelines.errors import PipelineError
@@ -136,33 +133,14 @@ def test_convert_via_the_cli(tmp_path, tiny):
     src = tmp_path / "last.ckpt"
     torch.save(_lightning_ckpt(tiny), src)
     dst = tmp_path / "gen.safetensors"
-    r = subprocess.run(
-        [sys.executable, "-m", "keyframe_propagation", "convert-two-stream", str(src), str(dst)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert r.returncode == 0, r.stderr
-    assert dst.is_file() and "tiny" in r.stdout
+    rc, out, err = run_cli(["convert-two-stream", str(src), str(dst)])
+    assert rc == 0, err
+    assert dst.is_file() and "tiny" in out
     bad = tmp_path / "bad.safetensors"
     sd = {k: v.contiguous() for k, v in tiny.state_dict().items() if "model.7." not in k}
     save_file(sd, str(bad))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keyframe_propagation",
-            "convert-two-stream",
-            str(bad),
-            str(tmp_path / "x.safetensors"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert r.returncode == 2 and "bad.safetensors" in r.stderr and "model.7" in r.stderr
+    rc, _, err = run_cli(["convert-two-stream", str(bad), str(tmp_path / "x.safetensors")])
+    assert rc == 2 and "bad.safetensors" in err and "model.7" in err
     assert not (tmp_path / "x.safetensors").exists()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import node_defaults
 
 from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.testing.synthetic import make_clip
@@ -50,14 +51,6 @@ def model_dir(tmp_path_factory, comfy_nodes, tiny):
 @pytest.fixture(scope="module")
 def clip():
     return make_clip(num_frames=10, height=72, width=120, seed=3)
-
-
-def _defaults(node_cls) -> dict:
-    out = {}
-    for inp in node_cls.GET_SCHEMA().inputs:
-        if getattr(inp, "default", None) is not None:
-            out[inp.id] = inp.default
-    return out
 
 
 def test_schema_ids_unique_and_tooltips(node_module):
@@ -106,7 +99,7 @@ def test_inpaint_node_with_the_model(comfy_nodes, node_module, model_dir, clip, 
             model_name="tiny.safetensors", dtype="fp32"
         ).result
         node = comfy_nodes.TwoStreamInpaint
-        args = _defaults(node) | {
+        args = node_defaults(node) | {
             "images": clip.frames,
             "masks": clip.masks,
             "model": model,
@@ -135,11 +128,11 @@ def test_inpaint_node_with_model_and_flow(comfy_nodes, node_module, model_dir, c
     flow_node = comfy_nodes.FlowEstimate
     kf = Keyframes(indices=[0, 4, 8], size=(72, 120), num_frames=10)
     flow = flow_node.execute(
-        **_defaults(flow_node)
+        **node_defaults(flow_node)
         | {"images": clip.frames, "masks": clip.masks, "keyframe_pairs": True, "keyframes": kf}
     ).result[0]
     node = comfy_nodes.TwoStreamInpaint
-    args = _defaults(node) | {
+    args = node_defaults(node) | {
         "images": clip.frames,
         "masks": clip.masks,
         "model": model,
@@ -161,7 +154,7 @@ def test_cancel_stops_the_model_path(comfy_nodes, node_module, model_dir, clip):
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            node.execute(**_defaults(node) | {"images": clip.frames, "masks": clip.masks, "model": model})
+            node.execute(**node_defaults(node) | {"images": clip.frames, "masks": clip.masks, "model": model})
     finally:
         mm.interrupt_current_processing(False)
     assert next(model.parameters()).device.type == "cpu"
@@ -178,7 +171,13 @@ def test_multiscale_refine_accepts_the_two_stream_model(comfy_nodes, node_module
             model_name="tiny.safetensors", dtype="fp32"
         ).result
         node = refine.MultiscaleRefine
-        args = _defaults(node) | {"image": image, "mask": mask, "model": model, "n_iters": 2, "min_side": 32}
+        args = node_defaults(node) | {
+            "image": image,
+            "mask": mask,
+            "model": model,
+            "n_iters": 2,
+            "min_side": 32,
+        }
         (out,) = node.execute(**args).result
     assert out.shape == image.shape
     known = mask[..., None].expand_as(image) < 0.5

@@ -4,14 +4,12 @@ checkpoints resume and load into the node; the data pipeline, masks, discriminat
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.testing.synthetic import make_clip
@@ -215,12 +213,11 @@ def test_perceptual_loss_with_given_weights(images, tmp_path):
 
 def test_train_cli(images, tmp_path):
     out = tmp_path / "cli_run"
-    cmd = [sys.executable, "-m", "keyframe_propagation", "train-two-stream", "--images", str(images)]
+    cmd = ["train-two-stream", "--images", str(images)]
     cmd += ["--out", str(out), "--config", "tiny", "--size", "64", "--steps", "2", "--batch-size", "1"]
     cmd += ["--accumulate", "1", "--warmup", "0", "--log-every", "1", "--flow", "none"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr
-    assert "step 2/2" in r.stderr and (out / "last.ckpt").is_file()
-    r = subprocess.run(cmd[:5] + [str(tmp_path / "nope")] + cmd[6:], capture_output=True, text=True, env=env)
-    assert r.returncode == 2 and "images" in r.stderr
+    rc, _, err = run_cli(cmd)
+    assert rc == 0, err
+    assert "step 2/2" in err and (out / "last.ckpt").is_file()
+    rc, _, err = run_cli(cmd[:2] + [str(tmp_path / "nope")] + cmd[3:])
+    assert rc == 2 and "images" in err

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
 from keyframe_propagation.pipelines.errors import PipelineError
@@ -223,20 +220,17 @@ def test_cli_remove_with_model(tmp_path, tiny):
         )
     model = save_two_stream(tiny, tmp_path / "tiny.safetensors")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "keyframe_propagation", "remove", "--frames", str(tmp_path / "frames")]
+    cmd = ["remove", "--frames", str(tmp_path / "frames")]
     cmd += ["--masks", str(tmp_path / "masks"), "--out", str(out), "--model", str(model)]
     cmd += ["--generate-every", "4", "--keyframe-offsets=-4,4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # steady on a shared machine
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr
-    assert "tiny" in r.stderr
+    rc, _, err = run_cli(cmd)
+    assert rc == 0, err
+    assert "tiny" in err
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 8 and (out / "result.mp4").is_file()
     src = np.asarray(Image.open(tmp_path / "frames" / "003.png"))
     res = np.asarray(Image.open(out / "003.png"))
     known = clip.masks[3].numpy() < 0.5
     assert np.array_equal(res[known], src[known])
-    bad = subprocess.run(
-        cmd[:-3] + ["--model", str(tmp_path / "nope.ckpt")], capture_output=True, text=True, env=env
-    )
-    assert bad.returncode == 2 and "nope.ckpt" in bad.stderr
+    rc, _, err = run_cli(cmd[:-3] + ["--model", str(tmp_path / "nope.ckpt")])
+    assert rc == 2 and "nope.ckpt" in err
