@@ -113,6 +113,7 @@ def flow_throughput(root: Path, pairs: int, repeats: int) -> dict[str, dict[str,
 
 def child(spec: dict) -> dict:
     """One propagate_fill measurement; spec = {"size": label, "frames": n}."""
+    import keyframe_propagation.pipelines.flow as flow_mod
     import keyframe_propagation.pipelines.propagate as prop
 
     torch.set_grad_enabled(False)
@@ -131,16 +132,15 @@ def child(spec: dict) -> dict:
 
     # Timers around the parts of the pipeline (patched in this child process only).
     timers = {k: Stopwatch() for k in ("estimate", "fill_flow_in_mask", "fb_error", "telea_fill")}
-    for name in ("fill_flow_in_mask", "fb_error", "telea_fill"):
-        orig = getattr(prop, name, None)
-        if orig is None:
-            continue
+    # fill_flow_in_mask is called by flow.complete_flow; fb_error and telea_fill by propagate itself.
+    for mod, name in ((flow_mod, "fill_flow_in_mask"), (prop, "fb_error"), (prop, "telea_fill")):
+        orig = getattr(mod, name)
 
         def wrapped(*a, _orig=orig, _sw=timers[name], **k):
             with _sw:
                 return _orig(*a, **k)
 
-        setattr(prop, name, wrapped)
+        setattr(mod, name, wrapped)
 
     class TimedEstimator:
         def __init__(self, inner: FlowEstimator) -> None:

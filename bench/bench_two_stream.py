@@ -47,7 +47,7 @@ from common import (
     text_table,
 )
 
-import keyframe_propagation.pipelines.two_stream_video as tsv
+import keyframe_propagation.pipelines.two_stream.video as tsv
 from keyframe_propagation.pipelines.flow import FlowEstimator
 from keyframe_propagation.pipelines.two_stream.model import TwoStreamGenerator
 

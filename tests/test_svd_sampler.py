@@ -298,3 +298,27 @@ def test_input_errors_name_the_input(model):
         inbetween(model, a, a, InbetweenSettings(fusion="max"))
     with pytest.raises(PipelineError, match="keyframes"):
         inbetween_keyframes(model, [a], s)
+
+
+def test_diffusers_private_api_in_the_supported_range():
+    """The two private diffusers functions the sampler relies on exist in the installed diffusers,
+    which lies in the range pyproject.toml pins (pipelines/svd/compat.py)."""
+    import diffusers
+    import tomllib
+    from conftest import REPO
+    from diffusers import EulerDiscreteScheduler
+    from packaging.specifiers import SpecifierSet
+
+    from keyframe_propagation.pipelines.svd import compat
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"diffusers{compat.DIFFUSERS_SUPPORTED}" in deps
+    assert diffusers.__version__ in SpecifierSet(compat.DIFFUSERS_SUPPORTED)
+    x = torch.rand(1, 3, 64, 96) * 2 - 1
+    assert compat.resize_with_antialiasing(x, (224, 224)).shape == (1, 3, 224, 224)
+    sched = EulerDiscreteScheduler()
+    sched.set_timesteps(4)
+    compat.set_step_index(sched, 2)
+    assert sched.step_index == 2
+    with pytest.raises(PipelineError, match="supports diffusers"):
+        compat.set_step_index(object(), 1)
