@@ -32,7 +32,7 @@ def sample_indices(n: int, max_count: int) -> list[int]:
     return sorted({round(i * (n - 1) / (max_count - 1)) for i in range(max_count)})
 
 
-def fit_size(h: int, w: int, max_width: int, max_height: int | None = None) -> tuple[int, int]:
+def fit_within(h: int, w: int, max_width: int, max_height: int | None = None) -> tuple[int, int]:
     """(h, w) scaled down (never up) to fit max_width x max_height, aspect kept, sides even."""
     scale = min(1.0, max_width / w, (max_height or h) / h)
     return max(2, round(h * scale / 2) * 2), max(2, round(w * scale / 2) * 2)
@@ -76,7 +76,7 @@ def animation(
     frames (T, H, W, C>=3); masks (T, H, W) tinted over the frames when given.
     """
     idx = sample_indices(int(frames.shape[0]), max_frames)
-    size = fit_size(int(frames.shape[1]), int(frames.shape[2]), max_width, max_height)
+    size = fit_within(int(frames.shape[1]), int(frames.shape[2]), max_width, max_height)
     small = shrink(frames[idx, ..., :3], size).clamp(0, 1)
     return idx, overlay_mask(small, _masks_at(masks, idx, size))
 
@@ -95,7 +95,7 @@ def flow_preview(
     """
     idx = sample_indices(int(forward.shape[0]), max_frames)
     fl = forward[idx].float()
-    h, w = fit_size(int(fl.shape[2]), int(fl.shape[3]), (max_width - gap) // 2)
+    h, w = fit_within(int(fl.shape[2]), int(fl.shape[3]), (max_width - gap) // 2)
     scale = torch.tensor([w / fl.shape[3], h / fl.shape[2]]).view(1, 2, 1, 1)
     fl = F.interpolate(fl, size=(h, w), mode="area") * scale
     colour = flow_to_color(fl, max_magnitude=max(float(fl.norm(dim=1).max()), 1e-3))
@@ -170,7 +170,7 @@ def make_filmstrip(
     strip's thumbnails too. Made ``batch`` frames at a time, so a long clip costs no extra memory.
     """
     T, H, W = (int(s) for s in frames.shape[:3])
-    size = fit_size(H, W, max_width, max_height)
+    size = fit_within(H, W, max_width, max_height)
     idx = sample_indices(T, max_frames)
     jpegs: list[bytes] = []
     for a in range(0, len(idx), batch):

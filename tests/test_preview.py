@@ -28,9 +28,9 @@ def test_sample_indices_spread_and_bounded(n, k):
 
 
 def test_fit_size_never_upscales_and_keeps_aspect():
-    assert pv.fit_size(240, 432, 384) == (214, 384)
-    assert pv.fit_size(100, 100, 384) == (100, 100)
-    h, w = pv.fit_size(2160, 3840, 512, 288)
+    assert pv.fit_within(240, 432, 384) == (214, 384)
+    assert pv.fit_within(100, 100, 384) == (100, 100)
+    h, w = pv.fit_within(2160, 3840, 512, 288)
     assert w <= 512 and h <= 288 and abs(w / h - 3840 / 2160) < 0.02
 
 
