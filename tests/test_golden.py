@@ -56,14 +56,12 @@ def clip_preparation(tmp: Path) -> dict[str, torch.Tensor]:
     (tmp / "masks").mkdir()
     for t, m in enumerate(clip.masks):
         Image.fromarray((m.numpy() * 255).astype(np.uint8)).save(tmp / "masks" / f"{names[t]}.png")
-    loaded = fr.load_frames(tmp / "frames", skip_first=1, every_nth=1)
-    masks, _ = fr.load_masks(
-        tmp / "masks", len(loaded.names), tuple(loaded.frames.shape[1:3]), loaded.names, loaded.selected
-    )
-    frames, masks, _ = fr.resize_clip(loaded.frames, masks, 32, 0)
-    keys = fr.parse_keyframes("0,-1", frames.shape[0])
     edited = torch.rand(1, 24, 30, 3, generator=torch.Generator().manual_seed(1))
-    frames, masks, idx, _ = fr.apply_edited_keyframes(frames, masks, edited, keys)
+    # The one path of Load Keyframes and `remove`: select, match masks by name, resize, edit.
+    prepared = fr.prepare_clip(
+        tmp / "frames", tmp / "masks", keyframes="0,-1", skip_first=1, width=32, edited=edited
+    )
+    frames, masks, idx = prepared.frames, prepared.masks, prepared.keyframes.edited
     return {"frames": frames, "masks": masks, "edited": torch.tensor(idx)}
 
 
