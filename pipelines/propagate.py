@@ -241,10 +241,8 @@ def propagate_fill(
 
     def hole(t: int) -> torch.Tensor:
         if t not in hole_cache:
-            m = (masks[t].float() > 0.5).float()
-            if t in edited_set:
-                m = torch.zeros_like(m)
-            hole_cache[t] = dilate(m, cfg.mask_dilation)
+            m = masks[t].float()
+            hole_cache[t] = torch.zeros_like(m) if t in edited_set else dilate(m, cfg.mask_dilation)
         return hole_cache[t]
 
     def frame(t: int) -> torch.Tensor:
