@@ -62,8 +62,8 @@ pytestmark = [
 
 # Per example workflow: the widget changes a CPU user makes before queueing ({node id: {widget: value}}).
 CPU_SETTINGS: dict[str, dict[int, dict]] = {
-    "remove_object": {1: {"frame_cap": 24}},
-    "remove_object_two_stream": {1: {"frame_cap": 24}, 2: {"dtype": "fp32"}},
+    "remove_object": {1: {"frame_cap": 12}},
+    "remove_object_two_stream": {1: {"frame_cap": 12}, 2: {"dtype": "fp32"}},
     "refine_highres": {3: {"dtype": "fp32"}, 4: {"n_iters": 3, "min_side": 96, "max_scales": 2}},
     "inbetween": {
         3: {"dtype": "fp32"},
@@ -247,17 +247,17 @@ def test_filmstrip_toggles_keyframes(editor: Editor):
     editor.load("remove_object")
     # Before a run: the node says what to do, and nothing fails.
     assert "Queue the workflow" in editor.page.locator("[data-kfp=filmstrip]").inner_text()
-    editor.set_widgets(1, {"frame_cap": 24})
-    editor.set_widgets(3, {"chunk": 24})
+    editor.set_widgets(1, {"frame_cap": 12})
+    editor.set_widgets(3, {"chunk": 12})
     entry = editor.queue_and_wait()
     assert entry["status"]["status_str"] == "success"
     meta = entry["outputs"]["1"]["kfp_filmstrip"][0]
-    assert meta["num_frames"] == 24 and meta["keyframes"] == [0]
+    assert meta["num_frames"] == 12 and meta["keyframes"] == [0]
 
     thumbs = editor.page.locator("[data-kfp=filmstrip] .kfp-thumb")
     thumbs.first.wait_for(timeout=30_000)
     n = thumbs.count()
-    assert 2 <= n <= 24
+    assert 2 <= n <= 12
     frames = [int(thumbs.nth(i).get_attribute("data-frame")) for i in range(n)]
     assert frames[0] == 0 and frames == sorted(frames)
     # Thumbnails are real pictures served by the pack's route.
