@@ -123,37 +123,60 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out * scale
 
 
-def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+def warp(
+    image: torch.Tensor,
+    flow: torch.Tensor,
+    padding_mode: str = "zeros",
+    box: tuple[int, int, int, int] | None = None,
+) -> torch.Tensor:
     """Backward warp: ``out(p) = image(p + flow(p))``, bilinear, align_corners=True.
 
     image: ``(N, C, H, W)``; flow: ``(N, 2, H, W)`` in pixels (or N = 1 to broadcast); a flow of
     another size is resized to the image's first (:func:`resize_flow`, as the two-stream reference's
     ``resized_flow_sample`` does for feature maps). Returns ``(N, C, H, W)`` in float32 (sampling in
     half precision loses sub-pixel accuracy). padding_mode: as ``grid_sample``.
+
+    box ``(y0, y1, x0, x1)``: only the output pixels of that region, with ``flow`` given for the
+    region (``(N, 2, y1 - y0, x1 - x0)``); each output pixel is computed exactly as without a box.
     """
     from .checks import check_shape
 
     check_shape(image, "N,C,H,W", "warp: image")
     check_shape(flow, "N,2,H,W", "warp: flow")
     H, W = int(image.shape[-2]), int(image.shape[-1])
-    flow = resize_flow(flow.to(device=image.device, dtype=torch.float32), (H, W))
+    y0, y1, x0, x1 = box if box is not None else (0, H, 0, W)
+    flow = flow.to(device=image.device, dtype=torch.float32)
+    if box is None:
+        flow = resize_flow(flow, (H, W))
+    elif tuple(flow.shape[-2:]) != (y1 - y0, x1 - x0):
+        raise ValueError(f"warp: flow {tuple(flow.shape)} does not cover the box {box}")
     if flow.shape[0] != image.shape[0]:
         flow = flow.expand(image.shape[0], -1, -1, -1)
     ys, xs = torch.meshgrid(
-        torch.arange(H, dtype=torch.float32, device=image.device),
-        torch.arange(W, dtype=torch.float32, device=image.device),
+        torch.arange(y0, y1, dtype=torch.float32, device=image.device),
+        torch.arange(x0, x1, dtype=torch.float32, device=image.device),
         indexing="ij",
     )
-    # grid_sample wants (N, H, W, 2) in [-1, 1]; with align_corners=True pixel 0 -> -1, W-1 -> +1.
+    # grid_sample wants (N, h, w, 2) in [-1, 1]; with align_corners=True pixel 0 -> -1, W-1 -> +1.
     gx = (xs + flow[:, 0]) * (2.0 / max(W - 1, 1)) - 1.0
     gy = (ys + flow[:, 1]) * (2.0 / max(H - 1, 1)) - 1.0
     grid = torch.stack((gx, gy), dim=-1)
     return F.grid_sample(image.float(), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
 
 
+def hole_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """Bounding box ``(y0, y1, x0, x1)`` of the pixels > 0.5 of an ``(H, W)`` mask; None if there are none."""
+    rows = torch.nonzero((mask > 0.5).any(dim=1)).flatten()
+    if rows.numel() == 0:
+        return None
+    cols = torch.nonzero((mask > 0.5).any(dim=0)).flatten()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
 __all__ = [
     "dilate",
     "fit_size",
+    "hole_box",
     "pad_bottom_right",
     "pad_to_modulo",
     "resize_flow",

@@ -25,7 +25,7 @@ import torch
 
 from .errors import PipelineError
 from .flow import FlowEstimator, complete_flow, fb_error, flow_pair
-from .ops import dilate, warp
+from .ops import dilate, hole_box, warp
 from .progress import ProgressFn, report
 from .types import FlowSet, FrameSequence, FrameSink
 
@@ -70,22 +70,50 @@ def telea_fill(frame: torch.Tensor, mask: torch.Tensor, radius: int = 5) -> torc
     """Per-frame classical inpainting (OpenCV Telea).
 
     frame: (H,W,3) float [0,1]; mask: (H,W), >0.5 = hole. Returns (H,W,3); known pixels unchanged.
+    Runs on the hole's box plus a margin wider than the radius: Telea only reads pixels within the
+    radius of the hole, so the result is that of the whole frame, at the cost of the box.
     """
-    hole = (mask > 0.5).cpu().numpy().astype(np.uint8)
-    if not hole.any():
+    box = hole_box(mask)
+    if box is None:
         return frame.clone()
-    img = (frame.clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    H, W = mask.shape[-2:]
+    m = int(radius) + 2
+    y0, y1, x0, x1 = max(0, box[0] - m), min(H, box[1] + m), max(0, box[2] - m), min(W, box[3] + m)
+    hole = (mask[y0:y1, x0:x1] > 0.5).cpu().numpy().astype(np.uint8)
+    img = (frame[y0:y1, x0:x1].clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     out = cv2.inpaint(img, hole, float(radius), cv2.INPAINT_TELEA)
     filled = torch.from_numpy(out).to(frame) / 255.0
-    m = torch.from_numpy(hole.astype(bool)).to(frame.device)[..., None]
-    return torch.where(m, filled, frame)
+    result = frame.clone()
+    sel = torch.from_numpy(hole.astype(bool)).to(frame.device)[..., None]
+    result[y0:y1, x0:x1] = torch.where(sel, filled, frame[y0:y1, x0:x1])
+    return result
+
+
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1) of a frame's hole
+
+
+@dataclass
+class _Pair:
+    """Filled flows of the pair (t, t+1) and their trust masks, kept only over the holes' boxes.
+
+    fwd (2, h, w) flow t -> t+1 on frame t's grid, over ``box_t`` (the box of hole t); bwd flow
+    t+1 -> t on frame t+1's grid over ``box_t1``. Chain steps only look at hole pixels, so the rest of
+    the flows is never needed once they are completed and checked (which needs the whole frame).
+    """
+
+    fwd: torch.Tensor | None
+    bwd: torch.Tensor | None
+    trust_fwd: torch.Tensor | None
+    trust_bwd: torch.Tensor | None
+    box_t: Box | None
+    box_t1: Box | None
 
 
 class _PairFlows:
     """Filled flows and consistency masks of consecutive pairs, cached while still needed.
 
-    ``get(t)`` returns for the pair (t, t+1): flow t->t+1 (filled in hole t), flow t+1->t (filled in
-    hole t+1) and the two trust masks (H,W) bool of those flows.
+    ``get(t)`` returns the :class:`_Pair` (t, t+1): flow t->t+1 (filled in hole t), flow t+1->t
+    (filled in hole t+1) and the two trust masks of those flows, cropped to the holes' boxes.
     """
 
     def __init__(
@@ -99,7 +127,7 @@ class _PairFlows:
     ) -> None:
         self.frames, self.holes, self.flows, self.estimator = frames, holes, flows, estimator
         self.cfg, self.size = cfg, size
-        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.cache: dict[int, _Pair] = {}
         self.computed = 0
 
     def _trust(self, f: torch.Tensor, err: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
@@ -110,7 +138,7 @@ class _PairFlows:
             ok = torch.where(filled > 0.5, loose, ok)
         return ok
 
-    def get(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def get(self, t: int) -> _Pair:
         if t in self.cache:
             return self.cache[t]
         m0 = dilate(self.holes(t), self.cfg.flow_mask_dilation)
@@ -128,7 +156,12 @@ class _PairFlows:
         bwd = complete_flow(bwd, m1, self.cfg.flow_fill, seed=t + 1)
         err_f = fb_error(fwd[None], bwd[None])[0]
         err_b = fb_error(bwd[None], fwd[None])[0]
-        entry = (fwd, bwd, self._trust(fwd, err_f, m0), self._trust(bwd, err_b, m1))
+        trust_f, trust_b = self._trust(fwd, err_f, m0), self._trust(bwd, err_b, m1)
+        box_t, box_t1 = hole_box(self.holes(t)), hole_box(self.holes(t + 1))
+        entry = _Pair(
+            _crop(fwd, box_t), _crop(bwd, box_t1), _crop(trust_f, box_t), _crop(trust_b, box_t1),
+            box_t, box_t1,
+        )  # fmt: skip
         self.cache[t] = entry
         self.computed += 1
         return entry
@@ -136,6 +169,14 @@ class _PairFlows:
     def evict_before(self, t: int) -> None:
         for k in [k for k in self.cache if k < t]:
             del self.cache[k]
+
+
+def _crop(x: torch.Tensor, box: Box | None) -> torch.Tensor | None:
+    """The ``box`` region of ``(..., H, W)`` as its own tensor (None without a box)."""
+    if box is None:
+        return None
+    y0, y1, x0, x1 = box
+    return x[..., y0:y1, x0:x1].clone()
 
 
 def _known_state(frame: torch.Tensor, hole: torch.Tensor, is_key: bool) -> torch.Tensor:
@@ -147,6 +188,31 @@ def _known_state(frame: torch.Tensor, hole: torch.Tensor, is_key: bool) -> torch
     return torch.cat([color, known[None], age[None], key[None]], 0)
 
 
+@dataclass
+class PackedState:
+    """A frame's propagation state stored by its hole's box: outside the box the state is always the
+    frame's known state (:func:`_known_state`), so the patch and the frame give it back exactly.
+
+    box: (y0, y1, x0, x1) of the frame's hole, or None (no hole: the known state); patch: the state
+    (6, y1 - y0, x1 - x0) inside the box.
+    """
+
+    box: Box | None
+    patch: torch.Tensor | None
+
+
+def _pack(state: torch.Tensor, box: Box | None) -> PackedState:
+    return PackedState(box, _crop(state, box))
+
+
+def _unpack(packed: PackedState, frame: torch.Tensor, hole: torch.Tensor, is_key: bool) -> torch.Tensor:
+    state = _known_state(frame, hole, is_key)
+    if packed.box is not None:
+        y0, y1, x0, x1 = packed.box
+        state[:, y0:y1, x0:x1] = packed.patch
+    return state
+
+
 def _step(
     prev: torch.Tensor,
     flow_to_prev: torch.Tensor,
@@ -154,22 +220,26 @@ def _step(
     frame: torch.Tensor,
     hole: torch.Tensor,
     is_key: bool,
+    box: Box,
     valid_threshold: float = 0.999,
 ) -> torch.Tensor:
     """One link of the chain: the new frame's hole pixels take the previous state's through the flow.
 
-    prev: (6,H,W) state of the neighbour frame; flow_to_prev: (2,H,W) flow new -> neighbour;
-    trust: (H,W) bool where that flow is consistent. Returns the new frame's state.
+    prev: (6,H,W) state of the neighbour frame; flow_to_prev: (2,h,w) flow new -> neighbour over the
+    new frame's hole ``box``; trust: (h,w) bool where that flow is consistent. Returns the new frame's
+    state (6,H,W); only the box can differ from the known state.
     """
     state = _known_state(frame, hole, is_key)
-    sampled = warp(prev[None], flow_to_prev[None])[0]
-    ok = (sampled[3] >= valid_threshold) & trust & (hole > 0.5)
+    y0, y1, x0, x1 = box
+    sampled = warp(prev[None], flow_to_prev[None], box=box)[0]
+    ok = (sampled[3] >= valid_threshold) & trust & (hole[y0:y1, x0:x1] > 0.5)
     okf = ok.float()
+    sub = state[:, y0:y1, x0:x1]  # a view: updated in place
     color = sampled[:3] / sampled[3:4].clamp_min(1e-6)  # undo the premultiplied bilinear weights
-    state[:3] = state[:3] * (1 - okf) + color * okf
-    state[3] = torch.maximum(state[3], okf)
-    state[4] = state[4] * (1 - okf) + (sampled[4] + 1.0) * okf
-    state[5] = state[5] * (1 - okf) + (sampled[5] >= 0.5).float() * okf
+    sub[:3] = sub[:3] * (1 - okf) + color * okf
+    sub[3] = torch.maximum(sub[3], okf)
+    sub[4] = sub[4] * (1 - okf) + (sampled[4] + 1.0) * okf
+    sub[5] = sub[5] * (1 - okf) + (sampled[5] >= 0.5).float() * okf
     return state
 
 
@@ -195,6 +265,17 @@ def _blend(fwd: torch.Tensor, bwd: torch.Tensor, frame: torch.Tensor, hole: torc
     return out.permute(1, 2, 0), unseen
 
 
+@dataclass
+class Resume:
+    """Where an interrupted run continues: ``start`` (the first frame of a chunk, a multiple of
+    ``chunk``) and the forward state of frame ``start - 1`` that :func:`propagate_fill` handed to
+    its ``on_chunk`` callback. The frames from ``start`` on come out exactly as in a run that was never
+    interrupted."""
+
+    start: int
+    state: PackedState
+
+
 def propagate_fill(
     frames: FrameSequence,
     masks: FrameSequence,
@@ -204,6 +285,8 @@ def propagate_fill(
     estimator: FlowEstimator | None = None,
     config: PropagationConfig | None = None,
     progress: ProgressFn | None = None,
+    resume: Resume | None = None,
+    on_chunk: Callable[[int, PackedState], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Remove the masked regions of a clip by flow propagation.
 
@@ -213,8 +296,13 @@ def propagate_fill(
         ``estimator`` (DIS medium by default).
     sink: called as ``sink(t, filled (H,W,3), unseen (H,W))`` for every frame in order; when None,
         the results are gathered and returned as ((T,H,W,3), (T,H,W)).
+    resume: continue an interrupted run at a chunk boundary (see :class:`Resume`); frames before
+        ``resume.start`` are neither computed nor sunk.
+    on_chunk: called as ``on_chunk(end, state)`` after the frames of each chunk ``[.., end)`` have been
+        sunk, with the forward state of frame ``end - 1``: what a later run resumes from.
     Known pixels are never changed (the output is composited); ``unseen`` marks the pixels that no
-    frame showed (filled by Telea).
+    frame showed (filled by Telea). Memory is bounded by the chunk: states and flows are kept only
+    over the holes' boxes.
     """
     cfg = config or PropagationConfig()
     T = len(frames)
@@ -234,64 +322,82 @@ def propagate_fill(
         raise PipelineError("chunk must be >= 1 and lookahead >= 0")
     if cfg.flow_fill not in ("homography", "idw"):
         raise PipelineError(f"flow_fill: '{cfg.flow_fill}' is not one of homography, idw")
+    start = 0 if resume is None else int(resume.start)
+    if start % cfg.chunk or not 0 <= start <= T:
+        raise ValueError(f"resume: frame {start} is not the start of a chunk of {cfg.chunk}")
     edited_sorted = sorted({int(e) for e in edited if 0 <= int(e) < T})
     edited_set = set(edited_sorted)
 
+    # Holes of the frames in the window, kept as bool (a quarter of float32's memory).
     hole_cache: dict[int, torch.Tensor] = {}
 
     def hole(t: int) -> torch.Tensor:
         if t not in hole_cache:
             m = masks[t].float()
-            hole_cache[t] = torch.zeros_like(m) if t in edited_set else dilate(m, cfg.mask_dilation)
-        return hole_cache[t]
+            h = torch.zeros_like(m) if t in edited_set else dilate(m, cfg.mask_dilation)
+            hole_cache[t] = h > 0.5
+        return hole_cache[t].float()
 
     def frame(t: int) -> torch.Tensor:
         return frames[t][..., :3].float()
+
+    def known(t: int) -> torch.Tensor:
+        return _known_state(frame(t), hole(t), t in edited_set)
 
     pairs = _PairFlows(frames, hole, flows, estimator, cfg, (H, W))
     results: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if sink is None else None
     n_chunks = (T + cfg.chunk - 1) // cfg.chunk
     fwd_state: torch.Tensor | None = None
-    done = 0
+    if resume is not None and start > 0:
+        fwd_state = _unpack(resume.state, frame(start - 1), hole(start - 1), (start - 1) in edited_set)
+    done = start
 
     def tick(ci: int) -> None:
         # Called between frames of both sweeps, so Cancel (raised by the callback) stops promptly.
         report(progress, done, T, f"chunk {ci + 1}/{n_chunks}")
 
-    report(progress, 0, T, f"chunk 1/{n_chunks}")
+    report(progress, done, T, f"chunk {start // cfg.chunk + 1}/{n_chunks}")
     for ci, a in enumerate(range(0, T, cfg.chunk)):
+        if a < start:
+            continue
         tick(ci)
         b = min(a + cfg.chunk, T)
         end = min(T, b + cfg.lookahead)
         nxt = bisect.bisect_left(edited_sorted, b)
         if nxt < len(edited_sorted) and edited_sorted[nxt] - b <= cfg.keyframe_reach:
             end = max(end, edited_sorted[nxt] + 1)
-        # Backward sweep: from `end - 1` down to `a`; keep the states of the chunk's frames.
-        bwd_states: dict[int, torch.Tensor] = {}
-        state = _known_state(frame(end - 1), hole(end - 1), (end - 1) in edited_set)
+        # Backward sweep: from `end - 1` down to `a`; keep the (packed) states of the chunk's frames.
+        bwd_states: dict[int, PackedState] = {}
+        state = known(end - 1)
         if end - 1 < b:
-            bwd_states[end - 1] = state
+            bwd_states[end - 1] = _pack(state, hole_box(hole(end - 1)))
         for t in range(end - 2, a - 1, -1):
             tick(ci)
-            fwd_flow, _, trust_fwd, _ = pairs.get(t)  # flow t -> t+1 lives on frame t's grid
-            if hole(t).any():
+            pair = pairs.get(t)  # flow t -> t+1 lives on frame t's grid
+            if pair.box_t is not None:
                 state = _step(
-                    state, fwd_flow, trust_fwd, frame(t), hole(t), t in edited_set, cfg.valid_threshold
-                )
+                    state, pair.fwd, pair.trust_fwd, frame(t), hole(t), t in edited_set, pair.box_t,
+                    cfg.valid_threshold,
+                )  # fmt: skip
             else:
-                state = _known_state(frame(t), hole(t), t in edited_set)
+                state = known(t)
             if t < b:
-                bwd_states[t] = state
+                bwd_states[t] = _pack(state, pair.box_t)
+        del state
         # Forward sweep over the chunk, carrying the state from the previous chunk.
         for t in range(a, b):
-            if fwd_state is None or not hole(t).any():
-                fwd_state = _known_state(frame(t), hole(t), t in edited_set)
+            box = hole_box(hole(t))
+            if fwd_state is None or box is None:
+                fwd_state = known(t)
             else:
-                _, bwd_flow, _, trust_bwd = pairs.get(t - 1)  # flow t -> t-1 lives on frame t's grid
+                pair = pairs.get(t - 1)  # flow t -> t-1 lives on frame t's grid
                 fwd_state = _step(
-                    fwd_state, bwd_flow, trust_bwd, frame(t), hole(t), t in edited_set, cfg.valid_threshold
-                )
-            filled, unseen = _blend(fwd_state, bwd_states.pop(t), frame(t), hole(t))
+                    fwd_state, pair.bwd, pair.trust_bwd, frame(t), hole(t), t in edited_set, box,
+                    cfg.valid_threshold,
+                )  # fmt: skip
+            bwd = _unpack(bwd_states.pop(t), frame(t), hole(t), t in edited_set)
+            filled, unseen = _blend(fwd_state, bwd, frame(t), hole(t))
+            del bwd
             if unseen.any():
                 filled = telea_fill(filled, unseen, cfg.telea_radius)
             if sink is not None:
@@ -300,9 +406,13 @@ def propagate_fill(
                 results.append((filled, unseen))
             done += 1
             tick(ci)
+        if on_chunk is not None:
+            on_chunk(b, _pack(fwd_state, hole_box(hole(b - 1))))
         pairs.evict_before(b - 1)
         for k in [k for k in hole_cache if k < b]:
             del hole_cache[k]
     if results is None:
         return None
+    if not results:
+        return torch.zeros(0, H, W, 3), torch.zeros(0, H, W)
     return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
