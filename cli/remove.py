@@ -37,13 +37,11 @@ def _add_propagation_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_remove(args) -> int:
-    import torch
-
-    from ..pipelines.clip import load_image_tensor, prepare_clip, resolve_user_path, save_frames, write_video
+    from ..pipelines.clip import ClipWriter, load_image_tensor, open_clip, resolve_user_path
     from ..pipelines.flow import FlowEstimator
-    from ..pipelines.propagate import propagate_fill
+    from ..pipelines.propagate import PackedState, Resume, propagate_fill
 
-    prepared = prepare_clip(
+    clip = open_clip(
         resolve_user_path(args.frames, [], what="frames"),
         resolve_user_path(args.masks, [], what="masks") if args.masks else None,
         keyframes=args.keyframes,
@@ -55,38 +53,75 @@ def cmd_remove(args) -> int:
         invert_mask=args.invert_mask,
         edited=[load_image_tensor(resolve_user_path(p, [], what="edited")) for p in args.edited] or None,
     )
-    for n in prepared.notes:
+    for n in clip.notes:
         print(f"note: {n}", file=sys.stderr)
-    names = prepared.keyframes.names
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
+    if out.exists() and not out.is_dir():
+        from ..pipelines.errors import PipelineError
+
+        raise PipelineError(f"--out: '{out}' is a file; give a folder for the frames and result.mp4")
+    cfg = _config_from_args(args)
+    writer = ClipWriter(out, clip.names, clip.fps or args.fps, _fingerprint(args, clip), "result.mp4")
+    T = len(clip)
+    if writer.complete:
+        print(f"{out} already holds the result of these inputs and settings ({T} frames and result.mp4)")
+        return 0
+    if writer.start:
+        print(f"resuming at frame {writer.start} of {T}: {out} holds an interrupted run", file=sys.stderr)
+    resume = Resume(writer.start, PackedState.from_tensors(writer.state)) if writer.start else None
+    window = (args.generate_every if args.model else cfg.chunk) + cfg.lookahead + 2
+    frames, masks, edited = clip.frames(window), clip.masks(window), clip.keyframes.edited
 
     def sink(t, filled, unseen):
-        save_frames(filled[None], out, [names[t]])
-        results.append(t)
+        writer.write(t, filled)
 
-    frames, masks, edited = prepared.frames, prepared.masks, prepared.keyframes.edited
-    if args.model:
-        _remove_with_model(args, frames, masks, edited, sink)
-    else:
-        propagate_fill(
-            frames,
-            masks,
-            sink=sink,
-            edited=edited,
-            estimator=FlowEstimator("dis", args.preset),
-            config=_config_from_args(args),
-            progress=progress_printer("remove"),
+    def on_chunk(end, state):
+        writer.checkpoint(end, state.to_tensors())
+
+    try:
+        with writer:
+            if args.model:
+                _remove_with_model(args, frames, masks, edited, sink, resume, on_chunk)
+            else:
+                propagate_fill(
+                    frames,
+                    masks,
+                    sink=sink,
+                    edited=edited,
+                    estimator=FlowEstimator("dis", args.preset),
+                    config=cfg,
+                    progress=progress_printer("remove"),
+                    resume=resume,
+                    on_chunk=on_chunk,
+                )
+            _, video = writer.finish()
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: {out} keeps the complete frames and a progress record; run the same command "
+            "again to continue",
+            file=sys.stderr,
         )
-    # The MP4 is made from the PNGs just written, so memory stays bounded by the chunk.
-    written = [load_image_tensor(out / f"{names[t]}.png") for t in results]
-    video = write_video(torch.stack(written), out / "result.mp4", prepared.keyframes.fps or args.fps)
-    print(f"wrote {len(results)} frames and {video} to {out}")
+        return 130
+    print(f"wrote {T - writer.start} frames and {video} to {out}")
     return 0
 
 
-def _remove_with_model(args, frames, masks, edited, sink) -> None:
+def _fingerprint(args, clip) -> str:
+    """What the result depends on: the clip (files, selection, size, edits) and the settings."""
+    import hashlib
+
+    from ..pipelines.clip import fingerprint_paths
+
+    keys = ("chunk", "lookahead", "mask_dilation", "consistency", "telea_radius", "preset", "model", "dtype")
+    keys += ("generate_every", "keyframe_offsets", "work_long_side", "keyframes")
+    h = hashlib.sha256(clip.fingerprint().encode())
+    h.update(repr([(k, getattr(args, k, None)) for k in keys]).encode())
+    if args.model:
+        h.update(fingerprint_paths(args.model).encode())
+    return h.hexdigest()
+
+
+def _remove_with_model(args, frames, masks, edited, sink, resume=None, on_chunk=None) -> None:
     """``remove --model``: the two-stream video protocol (as TwoStreamInpaint with a model)."""
     import torch
 
@@ -117,6 +152,8 @@ def _remove_with_model(args, frames, masks, edited, sink) -> None:
         estimator=FlowEstimator("dis", args.preset),
         config=cfg,
         progress=progress_printer("remove (chunks)"),
+        resume=resume,
+        on_chunk=on_chunk,
     )
 
 
@@ -172,7 +209,12 @@ def register(sub) -> None:
     )
     r.add_argument("--frames", required=True, help="folder of frames or a video file")
     r.add_argument("--masks", default="", help="folder of masks (by name or order) or one mask image")
-    r.add_argument("--out", required=True, help="output folder: one PNG per frame + result.mp4")
+    r.add_argument(
+        "--out",
+        required=True,
+        help="output folder: one PNG per frame (written as made) + result.mp4; a run that was "
+        "interrupted continues where it stopped when run again with the same inputs and settings",
+    )
     r.add_argument("--keyframes", default="0", help="keyframe indices, e.g. '0,20' or '0-60:20'")
     r.add_argument("--edited", nargs="*", default=[], help="edited keyframe images (replace keyframes)")
     r.add_argument("--frame-cap", type=int, default=0)

@@ -8,7 +8,7 @@ from .common import register_model_folders
 from .flow import FlowEstimate
 from .inbetween import NODE_LIST as INBETWEEN_NODES
 from .inpaint import TwoStreamInpaint
-from .keyframes import LoadKeyframes
+from .keyframes import ClipToImages, LoadKeyframes
 from .preview import register_routes
 from .refine import NODE_LIST as REFINE_NODES
 from .two_stream import NODE_LIST as TWO_STREAM_NODES
@@ -20,6 +20,7 @@ NODES: list[type[io.ComfyNode]] = [
     TwoStreamInpaint,
     *REFINE_NODES,
     *INBETWEEN_NODES,
+    ClipToImages,
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import folder_paths
 import torch
@@ -15,12 +16,13 @@ from comfy_api.latest import io
 
 from ..pipelines.checks import DTYPES, parse_dtype
 from ..pipelines.errors import PipelineError
-from ..pipelines.progress import ProgressFn
 
 # Custom types, declared once for every node of the pack.
 Keyframes = io.Custom("KEYFRAMES")
 Flow = io.Custom("FLOW")
 TwoStreamModel = io.Custom("TWO_STREAM_MODEL")
+# A clip read frame by frame (pipelines.clip.LazyClip): how long clips travel between the pack's nodes.
+Clip = io.Custom("KFP_CLIP")
 
 CATEGORY = "keyframe propagation"
 
@@ -113,28 +115,76 @@ def model_files(folder: str, allow_none: bool = False) -> list[str]:
     return files or [NO_MODEL]
 
 
-def comfy_progress(node_total: int = 100) -> ProgressFn:
-    """Adapt a pipeline's ``progress(done, total, text)`` to ComfyUI: progress bar, text and Cancel.
+class ComfyProgress:
+    """A pipeline's ``progress(done, total, text)`` in ComfyUI: progress bar, text and Cancel.
 
     ComfyUI's interrupt check raises when the user presses Cancel; raising from the callback stops
     the pipeline between frames. The pipeline's text ("chunk 2/5", "step 3/25") is shown on the
-    running node (ComfyUI's progress-text message) when it changes.
+    running node (ComfyUI's progress-text message) when it changes. ``preview(frame)`` shows a frame
+    on the node while it runs (ComfyUI's live preview, as samplers show latents).
     """
-    import comfy.model_management
-    import comfy.utils
 
-    bar = comfy.utils.ProgressBar(node_total)
-    send_text = _progress_text_sender()
-    last = [""]
+    def __init__(self, node_total: int = 100) -> None:
+        import comfy.utils
 
-    def _cb(done: int, total: int, text: str = "") -> None:
+        self.bar = comfy.utils.ProgressBar(node_total)
+        self.send_text = _progress_text_sender()
+        self.last = ""
+
+    def __call__(self, done: int, total: int, text: str = "") -> None:
+        import comfy.model_management
+
         comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(done, total)
-        if text and text != last[0] and send_text is not None:
-            last[0] = text
-            send_text(text)
+        self.bar.update_absolute(done, total)
+        if text and text != self.last and self.send_text is not None:
+            self.last = text
+            self.send_text(text)
 
-    return _cb
+    def preview(self, frame: torch.Tensor, max_size: int = 512) -> None:
+        """Show ``frame`` (H, W, 3) in [0, 1] on the running node."""
+        from PIL import Image
+
+        u8 = (frame.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        try:
+            self.bar.update_absolute(
+                self.bar.current, self.bar.total, ("JPEG", Image.fromarray(u8), max_size)
+            )
+        except Exception:  # a preview is a nicety: never fail the node for it
+            pass
+
+
+def comfy_progress(node_total: int = 100) -> ComfyProgress:
+    """The progress callback for a pipeline run by a node (see :class:`ComfyProgress`)."""
+    return ComfyProgress(node_total)
+
+
+def output_folder(name: str, what: str = "output_folder") -> Path:
+    """A folder under ComfyUI's output folder from a name typed by the user (``a/b``); created.
+
+    Absolute paths and ``..`` that leave the output folder are refused.
+    """
+    text = (name or "").strip().strip("/\\")
+    if not text:
+        raise PipelineError(f"{what}: no folder given; type a folder name, e.g. keyframe_propagation/removed")
+    root = Path(folder_paths.get_output_directory()).resolve()
+    path = (root / text).resolve()
+    if Path(text).is_absolute() or not (path == root or path.is_relative_to(root)):
+        raise PipelineError(f"{what}: '{name}' is outside ComfyUI's output folder; give a folder inside it")
+    if path == root:
+        raise PipelineError(f"{what}: give a subfolder of ComfyUI's output folder, not the folder itself")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def saved_result(path: Path) -> dict:
+    """The ``ui`` entry (filename, subfolder, type) of a file written under the output folder."""
+    root = Path(folder_paths.get_output_directory()).resolve()
+    rel = Path(path).resolve().relative_to(root)
+    return {
+        "filename": rel.name,
+        "subfolder": rel.parent.as_posix() if rel.parent != Path(".") else "",
+        "type": "output",
+    }
 
 
 def _progress_text_sender() -> Callable[[str], None] | None:
@@ -174,6 +224,8 @@ def input_roots() -> list[str]:
 
 __all__ = [
     "CATEGORY",
+    "Clip",
+    "ComfyProgress",
     "DTYPES",
     "NO_MODEL",
     "Flow",
@@ -187,6 +239,8 @@ __all__ = [
     "model_files",
     "module_bytes",
     "on_compute_device",
+    "output_folder",
+    "saved_result",
     "register_model_folders",
     "torch_dtype",
 ]

@@ -11,12 +11,23 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines.checks import as_masks
+from ..pipelines.clip import LazyClip
 from ..pipelines.errors import PipelineError
 from ..pipelines.flow import FlowEstimator
-from ..pipelines.propagate import PropagationConfig, propagate_fill
+from ..pipelines.propagate import PackedState, PropagationConfig, Resume, propagate_fill
 from ..pipelines.two_stream.model import TwoStreamGenerator
 from ..pipelines.two_stream.video import TwoStreamVideoConfig, parse_offsets, remove_with_model, working_size
-from .common import CATEGORY, Flow, Keyframes, TwoStreamModel, comfy_progress, module_bytes, on_compute_device
+from .common import (
+    CATEGORY,
+    Clip,
+    Flow,
+    Keyframes,
+    TwoStreamModel,
+    comfy_progress,
+    module_bytes,
+    on_compute_device,
+)
+from .output import ClipOutput, job_fingerprint, module_fingerprint, video_of
 from .preview import clip_preview
 
 
@@ -39,8 +50,17 @@ class TwoStreamInpaint(io.ComfyNode):
                 "fills at high resolution, follow with Multiscale Refine."
             ),
             inputs=[
-                io.Image.Input("images", tooltip="The clip's frames (B,H,W,3)."),
-                io.Mask.Input("masks", tooltip="One mask per frame (or one for all), 1 = region to remove."),
+                io.Image.Input(
+                    "images",
+                    optional=True,
+                    tooltip="The clip's frames (B,H,W,3). Leave it and 'masks' unconnected to stream a "
+                    "long clip from 'clip' instead.",
+                ),
+                io.Mask.Input(
+                    "masks",
+                    optional=True,
+                    tooltip="One mask per frame (or one for all), 1 = region to remove.",
+                ),
                 Keyframes.Input(
                     "keyframes",
                     optional=True,
@@ -119,6 +139,20 @@ class TwoStreamInpaint(io.ComfyNode):
                     tooltip="With a model: long side of the resolution the model runs at (rounded to "
                     "a multiple of 8, never above the frames'); its fill is upscaled and composited.",
                 ),
+                Clip.Input(
+                    "clip",
+                    optional=True,
+                    tooltip="A clip read frame by frame (Load Keyframes with stream on): used when "
+                    "'images' is not connected. Memory stays that of a chunk whatever the clip's length.",
+                ),
+                io.String.Input(
+                    "output_folder",
+                    default="",
+                    optional=True,
+                    tooltip="Folder under ComfyUI's output folder where the frames (PNG, under their "
+                    "input names) and an MP4 are written as they are made. Needed with 'clip'. Queueing "
+                    "the same prompt again after Cancel continues from the last complete chunk.",
+                ),
             ],
             outputs=[
                 io.Image.Output(
@@ -129,14 +163,21 @@ class TwoStreamInpaint(io.ComfyNode):
                 io.Mask.Output(
                     "unseen", tooltip="1 where no frame showed the background (filled per frame)."
                 ),
+                Clip.Output(
+                    "clip_out",
+                    display_name="clip",
+                    tooltip="The result as a clip read frame by frame (from the written files when "
+                    "output_folder is set), with the input's masks: for Multiscale Refine.",
+                ),
+                io.Video.Output(
+                    "video", tooltip="The result as a VIDEO (the written MP4), for core Save/Preview Video."
+                ),
             ],
         )
 
     @classmethod
     def execute(
         cls,
-        images: torch.Tensor,
-        masks: torch.Tensor,
         chunk: int,
         lookahead: int,
         mask_dilation: int,
@@ -145,14 +186,14 @@ class TwoStreamInpaint(io.ComfyNode):
         generate_every: int,
         keyframe_offsets: str,
         work_long_side: int,
+        images: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
         keyframes=None,
         flow=None,
         model=None,
+        clip: LazyClip | None = None,
+        output_folder: str = "",
     ) -> io.NodeOutput:
-        T, H, W = images.shape[:3]
-        masks = as_masks(masks, T, (H, W), "masks")
-        if keyframes is not None and keyframes.num_frames not in (0, T):
-            raise PipelineError(f"keyframes: describe {keyframes.num_frames} frames, images has {T}")
         cfg = PropagationConfig(
             chunk=chunk,
             lookahead=lookahead,
@@ -160,8 +201,13 @@ class TwoStreamInpaint(io.ComfyNode):
             consistency=consistency,
             telea_radius=telea_radius,
         )
-        edited = keyframes.edited if keyframes is not None else []
+        video_cfg = None
         if model is not None:
+            if not isinstance(model, TwoStreamGenerator):
+                raise PipelineError(
+                    "model: expected a two-stream model (Two-Stream Model Loader), "
+                    f"got {type(model).__name__}"
+                )
             video_cfg = TwoStreamVideoConfig(
                 generate_every=generate_every,
                 keyframe_offsets=parse_offsets(keyframe_offsets),
@@ -169,45 +215,146 @@ class TwoStreamInpaint(io.ComfyNode):
                 mask_dilation=mask_dilation,
                 propagation=cfg,
             )
-            out, unseen = _run_model(model, images[..., :3], masks, edited, flow, video_cfg)
-            return io.NodeOutput(out, unseen, ui=clip_preview(cls, out, fps=_fps(keyframes)))
-        out, unseen = propagate_fill(
-            images[..., :3],
-            masks,
-            edited=edited,
-            flows=flow,
-            estimator=None if flow is not None else FlowEstimator("dis", "medium"),
-            config=cfg,
-            progress=comfy_progress(),
+        if images is None:
+            if clip is None:
+                raise PipelineError(
+                    "images: connect the clip's frames and masks, or a 'clip' (Load Keyframes with stream on)"
+                )
+            if masks is not None:
+                raise PipelineError(
+                    "masks: connected without 'images'; with 'clip' the clip's masks are used"
+                )
+            return _streamed(cls, clip, keyframes, flow, model, cfg, video_cfg, output_folder)
+        if masks is None:
+            raise PipelineError("masks: connect one mask per frame (or one for all) with 'images'")
+        T, H, W = images.shape[:3]
+        masks = as_masks(masks, T, (H, W), "masks")
+        if keyframes is not None and keyframes.num_frames not in (0, T):
+            raise PipelineError(f"keyframes: describe {keyframes.num_frames} frames, images has {T}")
+        edited = keyframes.edited if keyframes is not None else []
+        frames = images[..., :3]
+        source = LazyClip.from_tensors(frames, masks, keyframes)
+        progress = comfy_progress()
+        if output_folder.strip():
+            # Written as made, as the streamed path; the IMAGE result is kept in memory as before.
+            kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+            fp = _fingerprint(source, cfg, video_cfg, flow, model)
+            with ClipOutput(source, output_folder, fp, progress) as out:
+
+                def sink(t: int, filled: torch.Tensor, unseen: torch.Tensor) -> None:
+                    out.sink(t, filled)
+                    kept.append((filled, unseen))
+
+                _run(frames, masks, edited, flow, model, cfg, video_cfg, sink, progress, out)
+                result, video, shown, _ = out.finish()
+            if len(kept) != T:  # resumed: the earlier frames are on disk
+                filled = torch.stack([result.frame(t) for t in range(T)])
+                unseen = torch.zeros(T, H, W)
+                if kept:
+                    unseen[T - len(kept) :] = torch.stack([u for _, u in kept])
+            else:
+                filled, unseen = torch.stack([f for f, _ in kept]), torch.stack([u for _, u in kept])
+            return io.NodeOutput(filled, unseen, result, video, ui=shown)
+        filled, unseen = _run(frames, masks, edited, flow, model, cfg, video_cfg, None, progress, None)
+        fps = _fps(keyframes)
+        result = LazyClip.from_tensors(filled, masks, keyframes)
+        return io.NodeOutput(
+            filled, unseen, result, video_of(filled, fps), ui=clip_preview(cls, filled, fps=fps)
         )
-        return io.NodeOutput(out, unseen, ui=clip_preview(cls, out, fps=_fps(keyframes)))
 
 
 def _fps(keyframes) -> float:
     return float(getattr(keyframes, "fps", 0.0) or 0.0)
 
 
+def _fingerprint(clip: LazyClip, cfg, video_cfg, flow, model) -> str:
+    flow_fp = "none" if flow is None else (flow.method, flow.num_frames, flow.size, flow.filled)
+    return job_fingerprint(
+        "KFP_TwoStreamInpaint", clip.fingerprint(), cfg, video_cfg, flow_fp, module_fingerprint(model)
+    )
+
+
+def _run(frames, masks, edited, flow, model, cfg, video_cfg, sink, progress, out: ClipOutput | None):
+    """The removal (flow propagation, or the video protocol with a model) over frame sequences,
+    resumed from ``out`` when it holds an interrupted job."""
+    resume = on_chunk = None
+    if out is not None:
+        if out.start:
+            resume = Resume(out.start, PackedState.from_tensors(out.state))
+
+        def on_chunk(end: int, state: PackedState) -> None:
+            out.on_chunk(end, state.to_tensors())
+
+    estimator = None if flow is not None else FlowEstimator("dis", "medium")
+    if model is None:
+        return propagate_fill(
+            frames, masks, sink=sink, edited=edited, flows=flow, estimator=estimator, config=cfg,
+            progress=progress, resume=resume, on_chunk=on_chunk,
+        )  # fmt: skip
+    h, w = working_size(int(frames[0].shape[0]), int(frames[0].shape[1]), video_cfg.work_long_side)
+    n_frames = 1 + len(video_cfg.keyframe_offsets) + len(edited)
+    with on_compute_device(model, module_bytes(model) + h * w * n_frames * _BYTES_PER_PIXEL_PER_FRAME):
+        return remove_with_model(
+            frames, masks, model, sink=sink, edited=edited, flows=flow, estimator=estimator, config=video_cfg,
+            progress=progress, resume=resume, on_chunk=on_chunk,
+        )  # fmt: skip
+
+
+def _streamed(cls, clip: LazyClip, keyframes, flow, model, cfg, video_cfg, folder: str) -> io.NodeOutput:
+    """The removal of a clip read frame by frame, written as it is made (see nodes/output.py)."""
+    if not isinstance(clip, LazyClip):
+        raise PipelineError(f"clip: expected a clip from Load Keyframes, got {type(clip).__name__}")
+    if not folder.strip():
+        raise PipelineError(
+            "output_folder: a streamed clip is written as it is made; give a folder under ComfyUI's output "
+            "folder, e.g. keyframe_propagation/removed"
+        )
+    T = len(clip)
+    if flow is not None and flow.num_frames != T:
+        raise PipelineError(
+            f"flow: computed for {flow.num_frames} frames, the clip has {T}; with a streamed clip leave "
+            "'flow' unconnected (flow is computed per chunk)"
+        )
+    if keyframes is not None and keyframes.num_frames not in (0, T):
+        raise PipelineError(f"keyframes: describe {keyframes.num_frames} frames, the clip has {T}")
+    edited = clip.keyframes.edited
+    progress = comfy_progress()
+    unseen_keys: dict[int, torch.Tensor] = {}
+    with ClipOutput(clip, folder, _fingerprint(clip, cfg, video_cfg, flow, model), progress) as out:
+        if not out.complete:
+            window = (video_cfg.generate_every if video_cfg is not None else cfg.chunk) + cfg.lookahead + 2
+
+            def sink(t: int, filled: torch.Tensor, unseen: torch.Tensor) -> None:
+                out.sink(t, filled)
+                if t in out.keep:
+                    unseen_keys[t] = unseen
+
+            _run(
+                clip.frames(window),
+                clip.masks(window),
+                edited,
+                flow,
+                model,
+                cfg,
+                video_cfg,
+                sink,
+                progress,
+                out,
+            )
+        result, video, shown, key_frames = out.finish()
+    H, W = clip.size
+    key_unseen = (
+        torch.stack([unseen_keys.get(k, torch.zeros(H, W)) for k in clip.keyframes.indices])
+        if (clip.keyframes.indices)
+        else torch.zeros(0, H, W)
+    )
+    text = f"{T} frames written to {out.folder.name}/ and {out.folder.name}.mp4" + (
+        f" (resumed at frame {out.start})" if out.start and not out.complete else ""
+    )
+    shown = {**shown, "text": (text,)}
+    return io.NodeOutput(key_frames, key_unseen, result, video, ui=shown)
+
+
 # Rough activation memory of one model pass per working pixel and keyframe (fp32), used to ask ComfyUI
 # to free that much device memory before the model is moved there.
 _BYTES_PER_PIXEL_PER_FRAME = 3_000
-
-
-def _run_model(model, images, masks, edited, flow, cfg: TwoStreamVideoConfig):
-    """The video protocol with the model on ComfyUI's compute device, moved back afterwards."""
-    if not isinstance(model, TwoStreamGenerator):
-        raise PipelineError(
-            f"model: expected a two-stream model (Two-Stream Model Loader), got {type(model).__name__}"
-        )
-    h, w = working_size(int(images.shape[1]), int(images.shape[2]), cfg.work_long_side)
-    n_frames = 1 + len(cfg.keyframe_offsets) + len(edited)
-    with on_compute_device(model, module_bytes(model) + h * w * n_frames * _BYTES_PER_PIXEL_PER_FRAME):
-        return remove_with_model(
-            images,
-            masks,
-            model,
-            edited=edited,
-            flows=flow,
-            estimator=None if flow is not None else FlowEstimator("dis", "medium"),
-            config=cfg,
-            progress=comfy_progress(),
-        )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from comfy_api.latest import io, ui
 
-from ..pipelines.clip import fingerprint_paths, prepare_clip, resolve_user_path
+from ..pipelines.clip import LazyClip, fingerprint_paths, open_clip, resolve_user_path
 from ..pipelines.errors import PipelineError
-from .common import CATEGORY, Keyframes, comfy_progress, current_node_id, input_roots
+from .common import CATEGORY, Clip, Keyframes, comfy_progress, current_node_id, input_roots
 from .preview import filmstrip_ui
 
 log = logging.getLogger("keyframe_propagation")
@@ -106,6 +107,20 @@ class LoadKeyframes(io.ComfyNode):
                     tooltip="Artist-edited images that replace the first keyframes in order; they count "
                     "as fully known and are propagated to the other frames.",
                 ),
+                io.Video.Input(
+                    "video",
+                    optional=True,
+                    tooltip="A VIDEO (e.g. from core Load Video) as the frames' source; replaces 'frames'. "
+                    "Read frame by frame.",
+                ),
+                io.Boolean.Input(
+                    "stream",
+                    default=False,
+                    optional=True,
+                    tooltip="Long clips: read frames and masks only when a node of the pack needs them "
+                    "(connect 'clip'), never the whole clip in memory. The frames and masks outputs then "
+                    "hold the keyframes only. Off: the whole clip is decoded into the IMAGE output.",
+                ),
             ],
             outputs=[
                 io.Image.Output("frames_out", display_name="frames", tooltip="The frames (B,H,W,3)."),
@@ -117,13 +132,22 @@ class LoadKeyframes(io.ComfyNode):
                     display_name="keyframes",
                     tooltip="Keyframe indices, size, fps and source of the clip.",
                 ),
+                Clip.Output(
+                    "clip_out",
+                    display_name="clip",
+                    tooltip="The clip read frame by frame (frames, masks, keyframes): for Two-Stream "
+                    "Inpaint and Multiscale Refine on long clips, and Clip to Images.",
+                ),
             ],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, frames: str = "", masks: str = "", **kwargs) -> str:
-        # Editing a file in the frame or mask folder re-runs the node.
+    def fingerprint_inputs(cls, frames: str = "", masks: str = "", video=None, **kwargs) -> str:
+        # Editing a file in the frame or mask folder (or the video file) re-runs the node.
         paths = []
+        source = getattr(video, "get_stream_source", None)
+        if source is not None and isinstance(source(), str):
+            paths.append(source())
         for p in (frames, masks):
             if p:
                 try:
@@ -149,20 +173,27 @@ class LoadKeyframes(io.ComfyNode):
         images: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         edited_keyframes: torch.Tensor | None = None,
+        video=None,
+        stream: bool = False,
     ) -> io.NodeOutput:
         if images is not None:
             source = images
+        elif video is not None:
+            source = video.get_stream_source()  # a file path, or the video's bytes
+            source = Path(source) if isinstance(source, str) else source
         elif frames.strip():
             source = resolve_user_path(frames.strip(), input_roots(), what="frames")
         else:
-            raise PipelineError("frames: give a folder or video under the input folder, or connect 'images'")
+            raise PipelineError(
+                "frames: give a folder or video under the input folder, or connect 'images' or 'video'"
+            )
         if mask is not None:
             msrc = mask
         elif masks.strip():
             msrc = resolve_user_path(masks.strip(), input_roots(), what="masks")
         else:
             msrc = None
-        clip = prepare_clip(
+        clip = open_clip(
             source,
             msrc,
             keyframes=keyframes,
@@ -173,17 +204,83 @@ class LoadKeyframes(io.ComfyNode):
             height=height,
             invert_mask=invert_mask,
             edited=edited_keyframes,
-            progress=None if images is not None else comfy_progress(),
         )
-        out_frames, m, kf, notes = clip.frames, clip.masks, clip.keyframes, clip.notes
+        kf, notes = clip.keyframes, clip.notes
         T, idx, edited = kf.num_frames, kf.indices, kf.edited
+        if stream:
+            # The keyframes only: the clip itself goes on through 'clip', read frame by frame.
+            out_frames = torch.stack([clip.frame(k) for k in idx]) if idx else torch.zeros(0, *kf.size, 3)
+            m = torch.stack([clip.mask(k) for k in idx]) if idx else torch.zeros(0, *kf.size)
+            strip_frames, strip_masks = clip.frames(window=1), clip.masks(window=1)
+        else:
+            out_frames, m = clip.materialize(progress=None if images is not None else comfy_progress())
+            strip_frames, strip_masks = out_frames, m
         for n in notes:
             log.info("LoadKeyframes: %s", n)
         summary = f"{T} frames {kf.size[1]}x{kf.size[0]} from {kf.source}; keyframes {idx}" + (
             f"; edited {edited}" if edited else ""
         )
+        if stream:
+            summary += (
+                f"\nstreaming: read frame by frame through 'clip'; the frames output holds the "
+                f"{len(idx)} keyframes"
+            )
         shown = {
             **ui.PreviewText("\n".join([summary, *notes])).as_dict(),
-            **filmstrip_ui(out_frames, m, idx, kf.source, current_node_id()),
+            **filmstrip_ui(strip_frames, strip_masks, idx, kf.source, current_node_id()),
         }
-        return io.NodeOutput(out_frames, m, kf, ui=shown)
+        return io.NodeOutput(out_frames, m, kf, clip, ui=shown)
+
+
+class ClipToImages(io.ComfyNode):
+    """A clip read frame by frame -> IMAGE and MASK batches: the explicit step into memory."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="KFP_ClipToImages",
+            display_name="Clip to Images",
+            category=CATEGORY,
+            description=(
+                "Decodes frames of a clip (Load Keyframes with stream on, or a result clip of Two-Stream "
+                "Inpaint or Multiscale Refine) into IMAGE and MASK batches, for nodes of other packs. "
+                "Refused with a message when the batch would not fit in the memory that is free."
+            ),
+            inputs=[
+                Clip.Input("clip", tooltip="The clip to decode."),
+                io.Int.Input(
+                    "start", default=0, min=0, max=1_000_000, tooltip="First frame (index into the clip)."
+                ),
+                io.Int.Input(
+                    "frame_cap",
+                    default=0,
+                    min=0,
+                    max=1_000_000,
+                    tooltip="Decode at most this many frames from 'start'; 0 = to the end (refused if "
+                    "they do not fit in free memory).",
+                ),
+            ],
+            outputs=[
+                io.Image.Output("images", tooltip="The frames (B,H,W,3)."),
+                io.Mask.Output("masks", tooltip="Their masks (B,H,W), 1 = hole."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip: LazyClip, start: int, frame_cap: int) -> io.NodeOutput:
+        if not isinstance(clip, LazyClip):
+            raise PipelineError(f"clip: expected a clip from Load Keyframes, got {type(clip).__name__}")
+        T = len(clip)
+        if not 0 <= start < T:
+            raise PipelineError(f"start: frame {start} is outside the clip's {T} frames (0..{T - 1})")
+        stop = T if frame_cap <= 0 else min(T, start + frame_cap)
+        clip.check_fits(stop - start, "frame_cap")
+        frames = clip.frames(window=1)
+        masks = clip.masks(window=1)
+        progress = comfy_progress()
+        images = torch.empty((stop - start, *clip.size, 3))
+        holes = torch.empty((stop - start, *clip.size))
+        for i, t in enumerate(range(start, stop)):
+            images[i], holes[i] = frames[t], masks[t]
+            progress(i + 1, stop - start, f"decoding frame {t}")
+        return io.NodeOutput(images, holes)

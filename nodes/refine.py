@@ -12,11 +12,13 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines.checks import DTYPES, as_masks
+from ..pipelines.clip import LazyClip
 from ..pipelines.errors import PipelineError
 from ..pipelines.refine.lama import load_lama
 from ..pipelines.refine.multiscale import Refinable, RefineConfig, pyramid_sizes, refine_frames
 from .common import (
     CATEGORY,
+    Clip,
     TwoStreamModel,
     comfy_progress,
     model_file,
@@ -25,6 +27,7 @@ from .common import (
     on_compute_device,
     torch_dtype,
 )
+from .output import ClipOutput, job_fingerprint, module_fingerprint, video_of
 
 # LaMa (and other inpainting networks that can be refined), from models/inpaint.
 InpaintModel = io.Custom("INPAINT_MODEL")
@@ -98,10 +101,14 @@ class MultiscaleRefine(io.ComfyNode):
             ),
             inputs=[
                 io.Image.Input(
-                    "image", tooltip="Images to inpaint (B,H,W,3); the hole's content is ignored."
+                    "image",
+                    optional=True,
+                    tooltip="Images to inpaint (B,H,W,3); the hole's content is ignored. Leave it and "
+                    "'mask' unconnected to refine every frame of 'clip' instead.",
                 ),
                 io.Mask.Input(
                     "mask",
+                    optional=True,
                     tooltip="Holes to fill: any non-zero value (one mask per image or one for all).",
                 ),
                 io.MultiType.Input(
@@ -220,21 +227,42 @@ class MultiscaleRefine(io.ComfyNode):
                     "upscaled if px_budget reduced the image). working: the refined image at the "
                     "reduced working size, as the reference.",
                 ),
+                Clip.Input(
+                    "clip",
+                    optional=True,
+                    tooltip="A clip read frame by frame (Load Keyframes with stream on, or Two-Stream "
+                    "Inpaint's clip): every frame is refined in turn when 'image' is not connected.",
+                ),
+                io.String.Input(
+                    "output_folder",
+                    default="",
+                    optional=True,
+                    tooltip="Folder under ComfyUI's output folder where the refined frames (PNG) and an "
+                    "MP4 are written as they are made. Needed with 'clip'. Queueing the same prompt "
+                    "again after Cancel continues from the last refined frame.",
+                ),
             ],
             outputs=[
                 io.Image.Output(
                     "refined",
                     display_name="image",
-                    tooltip="The refined images (B,H,W,3); outside the mask they equal the input.",
-                )
+                    tooltip="The refined images (B,H,W,3); outside the mask they equal the input. With "
+                    "'clip': the keyframes only.",
+                ),
+                Clip.Output(
+                    "clip_out",
+                    display_name="clip",
+                    tooltip="The refined frames as a clip read frame by frame, with the input's masks.",
+                ),
+                io.Video.Output(
+                    "video", tooltip="The refined frames as a VIDEO (the written MP4 with 'clip')."
+                ),
             ],
         )
 
     @classmethod
     def execute(
         cls,
-        image: torch.Tensor,
-        mask: torch.Tensor,
         model,
         n_iters: int,
         lr: float,
@@ -249,7 +277,11 @@ class MultiscaleRefine(io.ComfyNode):
         checkpointing: bool,
         precision: str,
         output_size: str,
+        image: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
         guide: torch.Tensor | None = None,
+        clip: LazyClip | None = None,
+        output_folder: str = "",
     ) -> io.NodeOutput:
         import comfy.model_management as mm
 
@@ -273,25 +305,72 @@ class MultiscaleRefine(io.ComfyNode):
             min_improvement=min_improvement,
         )
         cfg.check()
-        mask = as_masks(mask, image.shape[0], tuple(image.shape[1:3]), "mask")
+        if image is None:
+            if clip is None:
+                raise PipelineError("image: connect the images and masks to refine, or a 'clip'")
+            if not isinstance(clip, LazyClip):
+                raise PipelineError(f"clip: expected a clip from Load Keyframes, got {type(clip).__name__}")
+            if guide is not None:
+                raise PipelineError(
+                    "guide: a guide goes with 'image'; a streamed clip is refined without one"
+                )
+            size = clip.size
+        else:
+            if mask is None:
+                raise PipelineError("mask: connect the holes to fill with 'image'")
+            mask = as_masks(mask, image.shape[0], tuple(image.shape[1:3]), "mask")
+            size = tuple(image.shape[1:3])
         if isinstance(model, torch.nn.Module):
-            h, w = pyramid_sizes(*image.shape[1:3], min_side, max_scales, px_budget)[-1]
+            h, w = pyramid_sizes(*size, min_side, max_scales, px_budget)[-1]
             per_px = _BYTES_PER_PIXEL_CHECKPOINTED if checkpointing else _BYTES_PER_PIXEL
             placed = on_compute_device(model, module_bytes(model) + h * w * per_px)
         else:
             placed = contextlib.nullcontext(mm.get_torch_device())
+        restore = output_size != "working"
         with placed as device:
+            if image is None:
+                return _refine_clip(model, clip, cfg, device, restore, output_folder)
             out = refine_frames(
-                model,
-                image,
-                mask,
-                cfg,
-                guides=guide,
-                progress=comfy_progress(),
-                device=device,
-                restore_size=output_size != "working",
-            )
-        return io.NodeOutput(out)
+                model, image, mask, cfg, guides=guide, progress=comfy_progress(), device=device,
+                restore_size=restore,
+            )  # fmt: skip
+        result = LazyClip.from_tensors(out, mask if restore else _resized(mask, out.shape[1:3]))
+        return io.NodeOutput(out, result, video_of(out, 0.0))
+
+
+def _resized(mask: torch.Tensor, size) -> torch.Tensor:
+    from ..pipelines.ops import resize_mask
+
+    return resize_mask(mask, tuple(size)).float()
+
+
+def _refine_clip(
+    model, clip: LazyClip, cfg: RefineConfig, device, restore: bool, folder: str
+) -> io.NodeOutput:
+    """Every frame of a clip read frame by frame, refined in turn and written as it is made."""
+    if not folder.strip():
+        raise PipelineError(
+            "output_folder: a streamed clip is written as it is made; give a folder under ComfyUI's output "
+            "folder, e.g. keyframe_propagation/refined"
+        )
+    if not restore:
+        raise PipelineError("output_size: a streamed clip is refined at the input size; set it to 'input'")
+    progress = comfy_progress()
+    T = len(clip)
+    fp = job_fingerprint("KFP_MultiscaleRefine", clip.fingerprint(), cfg, module_fingerprint(model))
+    with ClipOutput(clip, folder, fp, progress) as out:
+        for t in range(out.start, T):
+
+            def sub(done: int, total: int, text: str, t: int = t) -> None:
+                progress(t * total + done, T * total, f"frame {t + 1}/{T}: {text}")
+
+            refined = refine_frames(
+                model, clip.frame(t)[None], clip.mask(t)[None], cfg, progress=sub, device=device
+            )[0]
+            out.sink(t, refined)
+            out.on_chunk(t + 1)
+        result, video, shown, key_frames = out.finish()
+    return io.NodeOutput(key_frames, result, video, ui=shown)
 
 
 NODE_LIST: list[type[io.ComfyNode]] = [InpaintModelLoader, MultiscaleRefine]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .flow import flow_to_color
+from .types import FrameSequence
 
 HOLE_COLOUR = (1.0, 0.15, 0.35)  # mask overlay, RGB
 
@@ -55,12 +56,21 @@ def overlay_mask(frames: torch.Tensor, masks: torch.Tensor | None, alpha: float 
     return frames * (1 - m) + colour * m
 
 
-def _masks_at(masks: torch.Tensor | None, idx: list[int], size: tuple[int, int]) -> torch.Tensor | None:
+def _take(seq: torch.Tensor | FrameSequence, idx: list[int]) -> torch.Tensor:
+    """Items ``idx`` of a batch tensor or of a lazy sequence (a clip read frame by frame)."""
+    if isinstance(seq, torch.Tensor):
+        return seq[idx]
+    return torch.stack([seq[i] for i in idx])
+
+
+def _masks_at(
+    masks: torch.Tensor | FrameSequence | None, idx: list[int], size: tuple[int, int]
+) -> torch.Tensor | None:
     if masks is None:
         return None
-    if masks.ndim == 2:
+    if isinstance(masks, torch.Tensor) and masks.ndim == 2:
         masks = masks[None]
-    sel = masks[[min(i, masks.shape[0] - 1) for i in idx]].float()
+    sel = _take(masks, [min(i, len(masks) - 1) for i in idx]).float()
     return F.interpolate(sel[:, None], size=size, mode="area")[:, 0]
 
 
@@ -154,8 +164,8 @@ class Filmstrip:
 
 
 def make_filmstrip(
-    frames: torch.Tensor,
-    masks: torch.Tensor | None,
+    frames: torch.Tensor | FrameSequence,
+    masks: torch.Tensor | FrameSequence | None,
     keyframes: list[int],
     source: str = "",
     max_width: int = 384,
@@ -164,18 +174,20 @@ def make_filmstrip(
     quality: int = 80,
     batch: int = 32,
 ) -> Filmstrip:
-    """Filmstrip pictures of a clip: frames (T, H, W, 3) in [0, 1], masks (T, H, W) or None.
+    """Filmstrip pictures of a clip: frames (T, H, W, 3) in [0, 1], masks (T, H, W) or None (tensors
+    or lazy sequences of frames, which are read in order).
 
     The pictures are wide enough to show one frame at the node's width (the scrubber) and serve as the
     strip's thumbnails too. Made ``batch`` frames at a time, so a long clip costs no extra memory.
     """
-    T, H, W = (int(s) for s in frames.shape[:3])
+    T = len(frames)
+    H, W = (int(s) for s in frames[0].shape[:2])
     size = fit_within(H, W, max_width, max_height)
     idx = sample_indices(T, max_frames)
     jpegs: list[bytes] = []
     for a in range(0, len(idx), batch):
         part = idx[a : a + batch]
-        small = shrink(frames[part, ..., :3], size).clamp(0, 1)
+        small = shrink(_take(frames, part)[..., :3], size).clamp(0, 1)
         small = overlay_mask(small, _masks_at(masks, part, size))
         jpegs += [encode_jpeg(f, quality) for f in small]
     return Filmstrip(T, sorted(set(keyframes)), size, idx, jpegs, source)

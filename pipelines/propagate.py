@@ -200,6 +200,19 @@ class PackedState:
     box: Box | None
     patch: torch.Tensor | None
 
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """For a file (safetensors): empty when there is no box."""
+        if self.box is None:
+            return {}
+        return {"box": torch.tensor(self.box, dtype=torch.int64), "patch": self.patch.contiguous()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor] | None) -> PackedState:
+        if not tensors or "box" not in tensors:
+            return cls(None, None)
+        y0, y1, x0, x1 = (int(v) for v in tensors["box"].tolist())
+        return cls((y0, y1, x0, x1), tensors["patch"].float())
+
 
 def _pack(state: torch.Tensor, box: Box | None) -> PackedState:
     return PackedState(box, _crop(state, box))

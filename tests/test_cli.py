@@ -3,6 +3,7 @@ editor-workflow -> API-prompt conversion (no server needed)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -111,7 +112,9 @@ def test_remove_writes_one_png_per_frame_and_keeps_known_pixels(demo_dir, tmp_pa
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == inputs
     assert (out / "result.mp4").is_file() and (out / "result.mp4").stat().st_size > 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([*inputs, "result.mp4"]), "stray files"
+    # Nothing else but the small progress record (which marks the job complete).
+    assert sorted(p.name for p in out.iterdir()) == sorted([*inputs, "result.mp4", ".kfp_progress.json"])
+    assert json.loads((out / ".kfp_progress.json").read_text())["complete"] is True
     cap = cv2.VideoCapture(str(out / "result.mp4"))
     try:
         assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == N_FRAMES

@@ -58,7 +58,7 @@ def test_load_keyframes_folder(input_dir, comfy_nodes, clip):
     node = comfy_nodes.LoadKeyframes
     args = node_defaults(node) | {"frames": "shot/frames", "masks": "shot/masks", "keyframes": "0,-1"}
     out = node.execute(**args)
-    frames, masks, kf = out.result
+    frames, masks, kf, _ = out.result
     assert frames.shape == (10, 96, 160, 3) and masks.shape == (10, 96, 160)
     assert torch.allclose(frames, clip.frames, atol=1 / 255)
     assert torch.equal(masks, clip.masks)
@@ -76,7 +76,7 @@ def test_load_keyframes_folder(input_dir, comfy_nodes, clip):
     # Selection, resize and edited keyframes together.
     edited = torch.zeros(1, 48, 80, 3)
     args |= {"every_nth": 2, "width": 80, "height": 0, "keyframes": "1", "edited_keyframes": edited}
-    frames, masks, kf = node.execute(**args).result
+    frames, masks, kf, _ = node.execute(**args).result
     assert frames.shape == (5, 48, 80, 3)
     assert kf.edited == [1] and float(masks[1].sum()) == 0.0 and float(frames[1].abs().sum()) == 0.0
     assert kf.names == ["00000", "00002", "00004", "00006", "00008"]
@@ -110,7 +110,7 @@ def test_load_keyframes_fingerprint_changes_when_a_file_changes(input_dir, comfy
 def test_load_keyframes_from_image_and_mask_inputs(input_dir, comfy_nodes, clip):
     node = comfy_nodes.LoadKeyframes
     args = node_defaults(node) | {"images": clip.frames, "mask": clip.masks[:1], "skip_first": 2}
-    frames, masks, kf = node.execute(**args).result
+    frames, masks, kf, _ = node.execute(**args).result
     assert frames.shape[0] == 8 and torch.equal(frames, clip.frames[2:])
     assert torch.equal(masks, clip.masks[:1].expand(8, -1, -1))
     assert kf.source == "IMAGE input"
@@ -127,7 +127,7 @@ def test_flow_then_inpaint_nodes(comfy_nodes, clip):
     inpaint_out = inpaint.execute(
         **node_defaults(inpaint) | {"images": clip.frames, "masks": clip.masks, "flow": flow}
     )
-    filled, unseen = inpaint_out.result
+    filled, unseen = inpaint_out.result[:2]
     _assert_animated_preview(inpaint_out.ui, frames=10, size=(96, 160))
     assert filled.shape == clip.frames.shape and unseen.shape == clip.masks.shape
     known = clip.masks < 0.5

@@ -131,7 +131,7 @@ def test_refine_node_under_inference_mode(inpaint_dir, refine_nodes, frames, tin
             "n_iters": 3,
             "min_side": 48,
         }
-        (out,) = node.execute(**args).result
+        out = node.execute(**args).result[0]
     assert out.shape == images.shape and out.dtype == torch.float32
     known = (masks < 0.5)[..., None].expand_as(images)
     assert torch.equal(out[known], images[known])

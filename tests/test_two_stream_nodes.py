@@ -107,7 +107,7 @@ def test_inpaint_node_with_the_model(comfy_nodes, node_module, model_dir, clip, 
             "keyframe_offsets": "-4,4,8",
             "work_long_side": 96,
         }
-        filled, unseen = node.execute(**args).result
+        filled, unseen = node.execute(**args).result[:2]
     assert filled.shape == clip.frames.shape and unseen.shape == clip.masks.shape
     known = clip.masks < 0.5
     assert torch.equal(filled[known], clip.frames[known])
@@ -141,7 +141,7 @@ def test_inpaint_node_with_model_and_flow(comfy_nodes, node_module, model_dir, c
         "generate_every": 4,
         "keyframe_offsets": "-4,4",
     }
-    filled, _ = node.execute(**args).result
+    filled, _ = node.execute(**args).result[:2]
     known = clip.masks < 0.5
     assert torch.equal(filled[known], clip.frames[known])
 
@@ -178,7 +178,7 @@ def test_multiscale_refine_accepts_the_two_stream_model(comfy_nodes, node_module
             "n_iters": 2,
             "min_side": 32,
         }
-        (out,) = node.execute(**args).result
+        out = node.execute(**args).result[0]
     assert out.shape == image.shape
     known = mask[..., None].expand_as(image) < 0.5
     assert torch.allclose(out[known], image[known])

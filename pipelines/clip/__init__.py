@@ -6,26 +6,56 @@ size, a static mask broadcast to all frames, ...) logs the fix-up and returns it
 the user has to fix raise :class:`~..errors.PipelineError` naming the input as the user sees it.
 
 - :mod:`.paths`: user paths confined to allowed folders, image listings, fingerprints.
-- :mod:`.read`: decoding images, folders of frames, videos and GIFs; IMAGE batches.
-- :mod:`.masks`: masks from folders, single images, MASK batches or alpha.
+- :mod:`.read`: frame sources (folders, video files and streams through PyAV, IMAGE batches) read
+  on demand, with sizes from the headers; whole clips as tensors.
+- :mod:`.masks`: masks from folders, single images, MASK batches or alpha, read on demand.
 - :mod:`.keyframes`: the keyframe-list syntax and artist-edited keyframes.
-- :mod:`.prepare`: the one path from the user's inputs to frames, masks and keyframes.
-- :mod:`.write`: frames and MP4s, never half-written.
+- :mod:`.lazy`: :class:`LazyClip`, a clip read frame by frame (what long clips travel as).
+- :mod:`.prepare`: the one path from the user's inputs to a clip (:func:`open_clip`, lazy) or to
+  tensors (:func:`prepare_clip`).
+- :mod:`.write`: frames and H.264 MP4s, never half-written; :class:`ClipWriter` writes a clip as it
+  is made and resumes an interrupted job.
 """
 
-from .keyframes import apply_edited_keyframes, parse_keyframes
-from .masks import binarize_mask, fit_mask, load_masks, read_mask_file
+from .keyframes import apply_edited_keyframes, edited_images, parse_keyframes
+from .lazy import LazyClip, available_memory
+from .masks import MaskSource, binarize_mask, fit_mask, load_masks, open_masks, read_mask_file
 from .paths import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, fingerprint_paths, list_images, resolve_user_path
-from .prepare import PreparedClip, prepare_clip, resize_clip
-from .read import Clip, clip_from_images, load_frames, load_image_tensor
-from .write import save_frames, write_video
+from .prepare import PreparedClip, open_clip, prepare_clip, resize_clip
+from .read import (
+    MAX_IMAGE_PIXELS,
+    Clip,
+    FrameSource,
+    ImageFiles,
+    VideoFile,
+    clip_from_images,
+    image_size,
+    load_frames,
+    load_image_tensor,
+    open_frames,
+)
+from .write import ClipWriter, VideoEncoder, save_frames, write_video
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "VIDEO_EXTENSIONS",
     "Clip",
+    "ClipWriter",
+    "FrameSource",
+    "ImageFiles",
+    "LazyClip",
+    "MaskSource",
     "PreparedClip",
+    "VideoEncoder",
+    "VideoFile",
     "apply_edited_keyframes",
+    "available_memory",
+    "edited_images",
+    "image_size",
+    "open_clip",
+    "open_frames",
+    "open_masks",
     "binarize_mask",
     "clip_from_images",
     "fingerprint_paths",

@@ -66,17 +66,11 @@ def parse_keyframes(text: str, num_frames: int) -> list[int]:
     return sorted(result)
 
 
-def apply_edited_keyframes(
-    frames: torch.Tensor,
-    masks: torch.Tensor,
-    edited: torch.Tensor,
-    keyframe_indices: list[int],
-) -> tuple[torch.Tensor, torch.Tensor, list[int], list[str]]:
-    """Replace frames at the first K keyframes by the K ``edited`` images ``(K, H', W', 3)``.
-
-    Edited images are resized to the frame size if needed; their masks become 0 (fully known).
-    Returns new (frames ``(T, H, W, 3)``, masks ``(T, H, W)``, edited indices, notes); inputs are untouched.
-    """
+def edited_images(
+    edited: torch.Tensor, keyframe_indices: list[int], num_frames: int, size: tuple[int, int]
+) -> tuple[dict[int, torch.Tensor], list[str]]:
+    """The K ``edited`` images ``(K, H', W', 3)`` of the first K keyframes, by frame index, at the
+    frame ``size`` (resized if needed, alpha dropped), and the notes."""
     notes: list[str] = []
     e = edited.detach().to("cpu", torch.float32)
     if e.ndim == 3:
@@ -92,13 +86,12 @@ def apply_edited_keyframes(
             f"edited_keyframes: {k} edited images but only {len(kf)} keyframes "
             f"({short_list(kf) or 'none'}); give at most one edited image per keyframe, in keyframe order"
         )
-    t, h, w = frames.shape[:3]
+    t, (h, w) = int(num_frames), size
     targets = kf[:k]
     bad = [i for i in targets if not 0 <= i < t]
     if bad:
         raise PipelineError(f"keyframes: {short_list(bad)} out of range for {t} frames (0..{t - 1})")
-    new_frames = frames.detach().clone()
-    new_masks = masks.detach().clone()
+    out: dict[int, torch.Tensor] = {}
     for j, idx in enumerate(targets):
         img = e[j]
         if tuple(img.shape[:2]) != (h, w):
@@ -108,12 +101,32 @@ def apply_edited_keyframes(
                 f"to the frame size {wh((h, w))} (for keyframe {idx})",
             )
             img = torch.from_numpy(resize_frame(img.numpy(), (h, w)))
-        new_frames[idx] = img.to(new_frames.dtype)
-        new_masks[idx] = 0
+        out[idx] = img.contiguous()
     if 0 < k < len(kf):
         note(
             notes,
             f"edited_keyframes: {k} edited images replace keyframes {short_list(targets)}; "
             f"keyframes {short_list(kf[k:])} keep the original frame",
         )
-    return new_frames, new_masks, targets, notes
+    return out, notes
+
+
+def apply_edited_keyframes(
+    frames: torch.Tensor,
+    masks: torch.Tensor,
+    edited: torch.Tensor,
+    keyframe_indices: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, list[int], list[str]]:
+    """Replace frames at the first K keyframes by the K ``edited`` images ``(K, H', W', 3)``.
+
+    Edited images are resized to the frame size if needed; their masks become 0 (fully known).
+    Returns new (frames ``(T, H, W, 3)``, masks ``(T, H, W)``, edited indices, notes); inputs are untouched.
+    """
+    t, h, w = frames.shape[:3]
+    images, notes = edited_images(edited, keyframe_indices, t, (h, w))
+    new_frames = frames.detach().clone()
+    new_masks = masks.detach().clone()
+    for idx, img in images.items():
+        new_frames[idx] = img.to(new_frames.dtype)
+        new_masks[idx] = 0
+    return new_frames, new_masks, list(images), notes

@@ -6,7 +6,8 @@ logged and returned as a note.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,7 @@ from PIL import Image
 
 from ..checks import check_shape
 from ..errors import PipelineError, note, short_list, wh
-from .paths import IMAGE_EXTENSIONS, list_images
+from .paths import IMAGE_EXTENSIONS, fingerprint_paths, list_images
 
 
 def binarize_mask(array: np.ndarray) -> np.ndarray:
@@ -81,6 +82,104 @@ class _Resized:
             )
 
 
+class MaskSource:
+    """The masks of a clip (True = hole) read on demand at the frames' size ``(H, W)``.
+
+    Built by :func:`open_masks`: frame i's mask is one file of a folder (a static mask repeats one
+    file), a slice of a MASK batch, the frame's alpha channel (transparent = hole) or nothing.
+    ``read(i)`` decodes one mask; consecutive frames sharing a file decode it once.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        size: tuple[int, int],
+        files: list[Path] | None = None,
+        tensor: torch.Tensor | None = None,
+        alpha: Callable[[int], np.ndarray | None] | None = None,
+        invert: bool = False,
+    ) -> None:
+        self.count, self.size, self.files, self.tensor, self.alpha = count, size, files, tensor, alpha
+        self.invert = invert
+        self._last: tuple[Path, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self, i: int) -> torch.Tensor:
+        size = self.size
+        if self.files is not None:
+            f = self.files[i]
+            if self._last is None or self._last[0] != f:
+                self._last = (f, fit_mask(read_mask_file(f), size))
+            hole = self._last[1]
+        elif self.tensor is not None:
+            hole = fit_mask((self.tensor[i if self.tensor.shape[0] > 1 else 0] > 0.5).numpy(), size)
+        elif self.alpha is not None:
+            a = self.alpha(i)
+            hole = np.zeros(size, bool) if a is None else fit_mask(a < 0.5, size)
+        else:
+            hole = np.zeros(size, bool)
+        out = torch.from_numpy(np.ascontiguousarray(hole))
+        return ~out if self.invert else out
+
+    def fingerprint(self) -> str:
+        if self.files is not None:
+            return fingerprint_paths(*self.files) + f"|{self.invert}"
+        if self.tensor is not None:
+            return hashlib.sha256(self.tensor.numpy().tobytes()).hexdigest() + f"|{self.invert}"
+        return f"{'alpha' if self.alpha is not None else 'none'}|{self.count}|{self.invert}"
+
+
+def open_masks(
+    source: Path | torch.Tensor | None,
+    num_frames: int,
+    size: tuple[int, int],
+    frame_names: Sequence[str] = (),
+    selected: Sequence[int] | None = None,
+    alpha: torch.Tensor | Callable[[int], np.ndarray | None] | None = None,
+    invert: bool = False,
+) -> tuple[MaskSource, list[str]]:
+    """The masks of ``num_frames`` frames of ``size`` (H, W), read on demand; and the notes.
+
+    ``source``: a folder of masks (matched by file name, or a single static mask, or by order; with
+    ``selected`` - the frames' indices in the full source - a folder with one mask per source frame
+    also works), a single mask image (static), a ComfyUI MASK tensor ``(B, H, W)`` / ``(H, W)``
+    (B == 1 broadcast), or None (holes from ``alpha``: an ``(T, H, W)`` tensor or a function of the
+    frame index, transparent = hole; else no holes). Masks of another size are resized (nearest)
+    with a note (sizes are read from the files' headers). ``invert`` swaps hole/known.
+    """
+    t = int(num_frames)
+    h, w = int(size[0]), int(size[1])
+    notes: list[str] = []
+    if isinstance(source, torch.Tensor):
+        m = _tensor_masks(source, t, (h, w), notes)
+        return MaskSource(t, (h, w), tensor=m, invert=invert), notes
+    if source is None:
+        if alpha is None:
+            note(notes, "masks: no mask given; nothing will be filled (every pixel is known)")
+            if invert:
+                note(notes, "masks: invert ignored because no mask was given")
+            return MaskSource(t, (h, w)), notes
+        return MaskSource(t, (h, w), alpha=_alpha_reader(alpha, t, (h, w), notes), invert=invert), notes
+    path = Path(source)
+    if not path.exists():
+        raise PipelineError(f"masks: '{path}' not found")
+    if path.is_dir():
+        plan = _folder_plan(path, t, list(frame_names), selected, notes)
+    else:
+        plan = [path] * t
+        if t > 1:
+            note(notes, f"masks: '{path.name}' is a single mask; used as a static mask for all {t} frames")
+    resized = _Resized()
+    for f in dict.fromkeys(plan):  # each file once, in order
+        shape = mask_size(f)
+        if shape != (h, w):
+            resized.add(shape, f.name)
+    resized.notes((h, w), notes)
+    return MaskSource(t, (h, w), files=plan, invert=invert), notes
+
+
 def load_masks(
     source: Path | torch.Tensor | None,
     num_frames: int,
@@ -90,50 +189,23 @@ def load_masks(
     alpha: torch.Tensor | None = None,
     invert: bool = False,
 ) -> tuple[torch.Tensor, list[str]]:
-    """Masks for ``num_frames`` frames of ``size`` (H, W) -> (masks ``(T, H, W)`` float32 1 = hole, notes).
-
-    ``source``: a folder of masks (matched by file name, or a single static mask, or by order; with
-    ``selected`` - the loaded frames' indices in the full source - a folder with one mask per source
-    frame also works), a single mask image (static), a ComfyUI MASK tensor ``(B, H, W)`` / ``(H, W)``
-    (B == 1 broadcast), or None (holes from ``alpha`` ``(T, H, W)``, transparent = hole, if given;
-    else no holes). Masks of another size are resized (nearest) with a note. ``invert`` swaps hole/known.
-    """
-    t = int(num_frames)
-    h, w = int(size[0]), int(size[1])
-    notes: list[str] = []
-    if isinstance(source, torch.Tensor):
-        masks = _masks_from_tensor(source, t, (h, w), notes)
-    elif source is None:
-        if alpha is None:
-            note(notes, "masks: no mask given; nothing will be filled (every pixel is known)")
-            if invert:
-                note(notes, "masks: invert ignored because no mask was given")
-            return torch.zeros((t, h, w), dtype=torch.float32), notes
-        masks = _masks_from_alpha(alpha, t, (h, w), notes)
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise PipelineError(f"masks: '{path}' not found")
-        if path.is_dir():
-            masks = _masks_from_folder(path, t, (h, w), list(frame_names), selected, notes)
-        else:
-            resized = _Resized()
-            m = read_mask_file(path)
-            if m.shape != (h, w):
-                resized.add(m.shape, path.name)
-            resized.notes((h, w), notes)
-            if t > 1:
-                note(
-                    notes, f"masks: '{path.name}' is a single mask; used as a static mask for all {t} frames"
-                )
-            masks = torch.from_numpy(fit_mask(m, (h, w))).expand(t, h, w)
-    masks = masks.to(torch.float32)
-    if invert:
-        masks = 1.0 - masks
-    return masks.contiguous(), notes
+    """All masks of a clip at once (see :func:`open_masks`): (masks ``(T, H, W)`` float32 1 = hole, notes)."""
+    masks, notes = open_masks(source, num_frames, size, frame_names, selected, alpha, invert)
+    out = torch.empty((int(num_frames), int(size[0]), int(size[1])), dtype=torch.float32)
+    for k in range(int(num_frames)):
+        out[k] = masks.read(k)
+    return out, notes
 
 
-def _masks_from_tensor(source: torch.Tensor, t: int, size: tuple[int, int], notes: list[str]) -> torch.Tensor:
+def mask_size(path: Path) -> tuple[int, int]:
+    """(height, width) of a mask image from its header; PipelineError for files that are not images."""
+    from .read import image_size
+
+    return image_size(path, "masks")
+
+
+def _tensor_masks(source: torch.Tensor, t: int, size: tuple[int, int], notes: list[str]) -> torch.Tensor:
+    """A MASK input checked against the clip: ``(1 or T, h, w)`` float32 on the CPU."""
     m = source.detach().to("cpu", torch.float32)
     if m.ndim == 2:
         m = m[None]
@@ -144,46 +216,46 @@ def _masks_from_tensor(source: torch.Tensor, t: int, size: tuple[int, int], note
             f"masks: the MASK input has {b} masks but there are {t} frames; "
             "give one static mask or one mask per frame"
         )
-    hole = m > 0.5
-    if tuple(hole.shape[1:]) != size:
+    if tuple(m.shape[1:]) != size:
         note(
             notes,
-            f"masks: resized the MASK input from {wh(tuple(hole.shape[1:]))} to the frame size "
+            f"masks: resized the MASK input from {wh(tuple(m.shape[1:]))} to the frame size "
             f"{wh(size)} (nearest neighbour)",
         )
-        hole = torch.from_numpy(np.stack([fit_mask(x, size) for x in hole.numpy()]))
     if b == 1 and t > 1:
         note(notes, f"masks: one mask given; used as a static mask for all {t} frames")
-    return hole.expand(t, *size)
+    return m
 
 
-def _masks_from_alpha(alpha: torch.Tensor, t: int, size: tuple[int, int], notes: list[str]) -> torch.Tensor:
+def _alpha_reader(
+    alpha: torch.Tensor | Callable[[int], np.ndarray | None], t: int, size: tuple[int, int], notes: list[str]
+) -> Callable[[int], np.ndarray | None]:
+    if callable(alpha):
+        note(notes, "masks: no mask given; the frames' alpha channel gives the holes (transparent pixels)")
+        return alpha
     a = alpha.detach().to("cpu", torch.float32)
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or a.shape[0] not in (1, t):
         raise PipelineError(f"masks: the frames' alpha channel has shape {tuple(alpha.shape)} for {t} frames")
-    hole = a < 0.5
-    if tuple(hole.shape[1:]) != size:
-        hole = torch.from_numpy(np.stack([fit_mask(x, size) for x in hole.numpy()]))
-    if hole.any():
+    if bool((a < 0.5).any()):
         note(notes, "masks: no mask given; using the frames' alpha channel (transparent pixels are the hole)")
     else:
         note(
             notes,
             "masks: no mask given and the frames' alpha channel is fully opaque; nothing will be filled",
         )
-    return hole.expand(t, *size)
+    return lambda i: a[i if a.shape[0] > 1 else 0].numpy()
 
 
-def _masks_from_folder(
+def _folder_plan(
     folder: Path,
     t: int,
-    size: tuple[int, int],
     frame_names: list[str],
     selected: Sequence[int] | None,
     notes: list[str],
-) -> torch.Tensor:
+) -> list[Path]:
+    """The mask file of each frame from a folder of masks (by name, by order or one static mask)."""
     files = list_images(folder)
     if not files:
         raise PipelineError(
@@ -234,15 +306,4 @@ def _masks_from_folder(
                 f"static mask nor a mask for every frame{extra}"
             )
 
-    out = torch.empty((t, *size), dtype=torch.bool)
-    resized = _Resized()
-    cache: dict[Path, torch.Tensor] = {}
-    for k, f in enumerate(plan):
-        if f not in cache:
-            m = read_mask_file(f)
-            if m.shape != size:
-                resized.add(m.shape, f.name)
-            cache = {f: torch.from_numpy(fit_mask(m, size))}  # plans repeat a file only consecutively
-        out[k] = cache[f]
-    resized.notes(size, notes)
-    return out
+    return plan

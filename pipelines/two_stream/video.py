@@ -30,7 +30,7 @@ resolution, put MultiscaleRefine after it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -41,7 +41,7 @@ from ..errors import PipelineError
 from ..flow import FlowEstimator
 from ..ops import dilate, resize_mask, round_to_multiple
 from ..progress import ProgressFn, report
-from ..propagate import PropagationConfig, propagate_fill
+from ..propagate import PackedState, PropagationConfig, Resume, propagate_fill
 from ..types import FlowSet, FrameSequence, FrameSink
 from .flows import model_flows
 from .model import TwoStreamGenerator
@@ -304,17 +304,23 @@ class TwoStreamVideo:
             del self._cache[g]
 
     def run(
-        self, sink: FrameSink | None = None, progress: ProgressFn | None = None
+        self,
+        sink: FrameSink | None = None,
+        progress: ProgressFn | None = None,
+        resume: Resume | None = None,
+        on_chunk: Callable[[int, PackedState], None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Generate the anchors and propagate the frames between them, chunk by chunk.
 
         sink: called as ``sink(t, filled (H, W, 3), unseen (H, W))`` for every frame in order; when None,
         the results are returned as ``((T, H, W, 3), (T, H, W))``. ``progress(done_chunks, n_chunks,
         text)`` is called before each generated frame and after each chunk; it may raise (Cancel).
+        resume / on_chunk: as :func:`~..propagate.propagate_fill` (chunks are ``generate_every`` long).
         """
         n = len(self.chunks)
         anchors = set(self.anchors)
-        state = {"done": 0, "text": f"chunk 1/{n}"}
+        first = 0 if resume is None else int(resume.start) // int(self.cfg.generate_every)
+        state = {"done": first, "text": f"chunk {min(first + 1, n)}/{n}"}
 
         def tick(*_: object) -> None:
             report(progress, state["done"], n, state["text"])
@@ -372,6 +378,8 @@ class TwoStreamVideo:
             estimator=self.estimator if self.flows is None else None,
             config=pcfg,
             progress=tick,
+            resume=resume,
+            on_chunk=on_chunk,
         )
         self._cache.clear()
         if sink is not None:
@@ -390,6 +398,8 @@ def remove_with_model(
     model_estimator: FlowEstimator | None = None,
     config: TwoStreamVideoConfig | None = None,
     progress: ProgressFn | None = None,
+    resume: Resume | None = None,
+    on_chunk: Callable[[int, PackedState], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Remove the masked object from a clip with the two-stream model (see the module docstring).
 
@@ -398,4 +408,4 @@ def remove_with_model(
     Known pixels are never changed.
     """
     video = TwoStreamVideo(model, frames, masks, edited, flows, estimator, model_estimator, config)
-    return video.run(sink=sink, progress=progress)
+    return video.run(sink=sink, progress=progress, resume=resume, on_chunk=on_chunk)
