@@ -6,11 +6,15 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines.checks import as_masks
+from ..pipelines.clip import LazyClip
 from ..pipelines.errors import PipelineError
 from ..pipelines.flow import FlowEstimator, compute_flows, flow_to_color
 from ..pipelines.ops import fit_size
-from .common import CATEGORY, Flow, Keyframes, comfy_progress, model_file, model_files
+from .common import CATEGORY, Clip, Flow, Keyframes, comfy_progress, model_file, model_files
 from .preview import flow_ui
+
+# Frames of a streamed clip whose flow the node previews (the clip's flow is computed where it is used).
+_STREAM_PREVIEW_FRAMES = 8
 
 
 class FlowEstimate(io.ComfyNode):
@@ -28,7 +32,12 @@ class FlowEstimate(io.ComfyNode):
                 "inside the masks. Feed it to Two-Stream Inpaint or look at the colour-wheel preview."
             ),
             inputs=[
-                io.Image.Input("images", tooltip="The clip's frames (B,H,W,3)."),
+                io.Image.Input(
+                    "images",
+                    optional=True,
+                    tooltip="The clip's frames (B,H,W,3). Leave it unconnected with 'clip' (a long "
+                    "clip): the flow is then computed per chunk by Two-Stream Inpaint with these settings.",
+                ),
                 io.Combo.Input(
                     "backend",
                     options=["dis", "raft"],
@@ -96,6 +105,13 @@ class FlowEstimate(io.ComfyNode):
                 ),
                 io.Mask.Input("masks", optional=True, tooltip="Masks (1 = hole) where flow is completed."),
                 Keyframes.Input("keyframes", optional=True, tooltip="Keyframes for keyframe_pairs."),
+                Clip.Input(
+                    "clip",
+                    optional=True,
+                    tooltip="A clip read frame by frame (Load Keyframes with stream on), used when 'images' "
+                    "is not connected: 'flow' then carries these settings to Two-Stream Inpaint, which "
+                    "computes the flow per chunk; the previews show the first frames.",
+                ),
             ],
             outputs=[
                 Flow.Output("flow", tooltip="Flow of the clip, for Two-Stream Inpaint."),
@@ -113,7 +129,6 @@ class FlowEstimate(io.ComfyNode):
     @classmethod
     def execute(
         cls,
-        images: torch.Tensor,
         backend: str,
         preset: str,
         work_width: int,
@@ -123,9 +138,20 @@ class FlowEstimate(io.ComfyNode):
         occlusion_threshold: float,
         raft_model: str,
         raft_iters: int,
+        images: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
         keyframes=None,
+        clip: LazyClip | None = None,
     ) -> io.NodeOutput:
+        streamed = images is None
+        if streamed:
+            if not isinstance(clip, LazyClip):
+                raise PipelineError(
+                    "images: connect the clip's frames, or a 'clip' (Load Keyframes with stream on)"
+                )
+            # The flow of a long clip is computed per chunk where it is used; preview its first frames.
+            n = min(len(clip), _STREAM_PREVIEW_FRAMES)
+            images, masks = clip.materialize(frame_cap=n, check_memory=False)
         if images.shape[0] < 2:
             raise PipelineError(f"images: flow needs at least 2 frames, got {images.shape[0]}")
         H, W = images.shape[1:3]
@@ -147,11 +173,14 @@ class FlowEstimate(io.ComfyNode):
                 raise PipelineError("keyframes: connect LoadKeyframes' keyframes to use keyframe_pairs")
             kf = list(keyframes.indices)
         flows = compute_flows(
-            images[..., :3], est, masks=masks, fill_masks=fill_masks, keyframes=kf, progress=comfy_progress()
-        )
+            images[..., :3], est, masks=masks, fill_masks=fill_masks, keyframes=[] if streamed else kf,
+            progress=comfy_progress(),
+        )  # fmt: skip
         preview = flow_to_color(flows.forward)
         occlusion = (flows.fb_error_forward > occlusion_threshold).float()
         shown = flow_ui(cls, flows.forward, occlusion)
+        if streamed:
+            return io.NodeOutput(est, preview, occlusion, ui=shown)
         # The FLOW object lives as long as ComfyUI caches it: keep the whole clip's consecutive flows
         # in fp16 (half the memory; 0.06 px steps at 100 px). Readers go through flow_pair, which
         # returns float32. Keyframe pairs stay float32 for the model.

@@ -170,7 +170,9 @@ class TwoStreamInpaint(io.ComfyNode):
                     "output_folder is set), with the input's masks: for Multiscale Refine.",
                 ),
                 io.Video.Output(
-                    "video", tooltip="The result as a VIDEO (the written MP4), for core Save/Preview Video."
+                    "video",
+                    display_name="video",
+                    tooltip="The result as a VIDEO (the written MP4), for core Save/Preview Video.",
                 ),
             ],
         )
@@ -268,7 +270,10 @@ def _fps(keyframes) -> float:
 
 
 def _fingerprint(clip: LazyClip, cfg, video_cfg, flow, model) -> str:
-    flow_fp = "none" if flow is None else (flow.method, flow.num_frames, flow.size, flow.filled)
+    if isinstance(flow, FlowEstimator):
+        flow_fp = ("estimator", flow.name, flow.work_size, flow.raft_iters)
+    else:
+        flow_fp = "none" if flow is None else (flow.method, flow.num_frames, flow.size, flow.filled)
     return job_fingerprint(
         "KFP_TwoStreamInpaint", clip.fingerprint(), cfg, video_cfg, flow_fp, module_fingerprint(model)
     )
@@ -286,6 +291,8 @@ def _run(frames, masks, edited, flow, model, cfg, video_cfg, sink, progress, out
             out.on_chunk(end, state.to_tensors())
 
     estimator = None if flow is not None else FlowEstimator("dis", "medium")
+    if isinstance(flow, FlowEstimator):  # Flow Estimate on a streamed clip: its settings, per chunk
+        flow, estimator = None, flow
     if model is None:
         return propagate_fill(
             frames, masks, sink=sink, edited=edited, flows=flow, estimator=estimator, config=cfg,
@@ -310,7 +317,7 @@ def _streamed(cls, clip: LazyClip, keyframes, flow, model, cfg, video_cfg, folde
             "folder, e.g. keyframe_propagation/removed"
         )
     T = len(clip)
-    if flow is not None and flow.num_frames != T:
+    if flow is not None and not isinstance(flow, FlowEstimator) and flow.num_frames != T:
         raise PipelineError(
             f"flow: computed for {flow.num_frames} frames, the clip has {T}; with a streamed clip leave "
             "'flow' unconnected (flow is computed per chunk)"

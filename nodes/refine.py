@@ -255,7 +255,9 @@ class MultiscaleRefine(io.ComfyNode):
                     tooltip="The refined frames as a clip read frame by frame, with the input's masks.",
                 ),
                 io.Video.Output(
-                    "video", tooltip="The refined frames as a VIDEO (the written MP4 with 'clip')."
+                    "video",
+                    display_name="video",
+                    tooltip="The refined frames as a VIDEO (the written MP4 with 'clip').",
                 ),
             ],
         )

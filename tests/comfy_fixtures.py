@@ -119,10 +119,25 @@ def shared_base(base: Path) -> Path:
     folders when they change)."""
     new_base(base)
     add_demo_clip(base)
+    add_long_clip(base)
     add_two_stream(base)
     add_refine(base)
     add_inbetween(base)
     return base
+
+
+def add_long_clip(base: Path) -> bool:
+    """input/long_clip.mp4 (the tennis clip as a video) and input/long_clip_masks, when present."""
+    if not TENNIS.is_dir():
+        return False
+    from keyframe_propagation.pipelines.clip import load_frames, write_video
+
+    inp = base / "input"
+    inp.mkdir(parents=True, exist_ok=True)
+    write_video(load_frames(TENNIS / "frames").frames, inp / "long_clip.mp4", 24.0)
+    if not (inp / "long_clip_masks").exists():
+        (inp / "long_clip_masks").symlink_to(TENNIS / "masks", target_is_directory=True)
+    return True
 
 
 def add_demo_clip(base: Path) -> bool:

@@ -69,8 +69,9 @@ CPU_SETTINGS: dict[str, dict[int, dict]] = {
         3: {"dtype": "fp32"},
         4: {"width": 128, "height": 64, "num_frames": 4, "steps": 2, "noise_injection_steps": 1},
     },
+    "remove_long_clip": {2: {"frame_cap": 12}, 3: {"preset": "fast"}, 4: {"chunk": 6, "lookahead": 4}},
 }
-NEEDS_TENNIS = {"remove_object", "remove_object_two_stream"}
+NEEDS_TENNIS = {"remove_object", "remove_object_two_stream", "remove_long_clip"}
 
 
 @pytest.fixture(scope="module")

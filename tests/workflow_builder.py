@@ -95,6 +95,73 @@ def remove_object_spec() -> list[dict[str, Any]]:
     ]
 
 
+LONG_CLIP_NOTE = """## Remove an object from a long clip (read frame by frame, written as made)
+
+For clips of hundreds or thousands of frames, at 1080p or 4K: memory stays that of one chunk.
+
+1. Put the video in ComfyUI's **input** folder and pick it in **Load Video** (or set `frames` on
+   Load Keyframes to a folder of frames and leave `video` unconnected). Put the masks in a folder
+   under input (white = the object to remove; one per frame, by name or in order, or one for all)
+   and set `masks` to it.
+2. **Load Keyframes** has `stream` on: it reads frames and masks only when Two-Stream Inpaint asks
+   for them, and hands the clip on through `clip`. (Its `frames` and `masks` outputs then hold the
+   keyframes only.)
+3. **Flow Estimate** on a clip only carries its settings (DIS preset, or RAFT weights) and previews
+   the first frames' flow: **Two-Stream Inpaint** computes the flow per chunk and writes every frame
+   as a PNG (named as the input frames) and an MP4 to `output/<output_folder>/` as it goes; the node
+   shows the last written frame and `k/n frames written`. Cancel stops within a frame; queue the same prompt again to continue from
+   the last complete chunk (changed inputs or settings start over).
+4. **Save Video** keeps a copy of the MP4 under `output/video/`; the result is also a `clip` for
+   Multiscale Refine or Clip to Images.
+
+Memory: a chunk (`chunk` + `lookahead` frames) at a time; at 4K lower `chunk` and `lookahead`."""
+
+
+def remove_long_clip_spec() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": 1,
+            "type": "LoadVideo",
+            "pos": [40, 60],
+            "size": [340, 400],
+            "widgets": {"file": "long_clip.mp4"},
+        },
+        {
+            "id": 2,
+            "type": "KFP_LoadKeyframes",
+            "pos": [420, 60],
+            "size": [380, 820],
+            "widgets": {"frames": "", "masks": "long_clip_masks", "keyframes": "0", "stream": True},
+            "links": {"video": (1, 0)},
+        },
+        {
+            "id": 3,
+            "type": "KFP_FlowEstimate",
+            "pos": [840, 60],
+            "size": [340, 560],
+            "widgets": {"preset": "medium"},
+            "links": {"clip": (2, 3)},
+        },
+        {
+            "id": 4,
+            "type": "KFP_TwoStreamInpaint",
+            "pos": [1220, 60],
+            "size": [360, 700],
+            "widgets": {"output_folder": "keyframe_propagation/long_clip"},
+            "links": {"clip": (2, 3), "flow": (3, 0)},
+        },
+        {
+            "id": 5,
+            "type": "SaveVideo",
+            "pos": [1620, 60],
+            "size": [360, 420],
+            "widgets": {"filename_prefix": "video/long_clip", "format": "mp4", "codec": "h264"},
+            "links": {"video": (4, 3)},
+        },
+        {"id": 6, "type": "MarkdownNote", "pos": [40, 920], "size": [760, 460], "note": LONG_CLIP_NOTE},
+    ]
+
+
 def _is_widget(spec: list) -> bool:
     kind = spec[0]
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
@@ -153,7 +220,7 @@ def build_ui(spec: list[dict[str, Any]], object_info: dict[str, Any], name: str 
                 # The editor saves an extra value after seed-like INTs and image-upload combos.
                 if opts.get("control_after_generate") or (s[0] == "INT" and name in ("seed", "noise_seed")):
                     widgets.append("fixed")
-                if opts.get("image_upload"):
+                if opts.get("image_upload") or opts.get("video_upload"):
                     upload = True
             else:
                 entry: dict[str, Any] = {"name": name, "type": s[0], "link": None}
@@ -386,6 +453,7 @@ EXAMPLES = {
     "remove_object": remove_object_spec,
     "inbetween": inbetween_spec,
     "remove_object_two_stream": remove_object_two_stream_spec,
+    "remove_long_clip": remove_long_clip_spec,
 }
 
 
