@@ -109,8 +109,9 @@ For clips of hundreds or thousands of frames, at 1080p or 4K: memory stays that 
 3. **Flow Estimate** on a clip only carries its settings (DIS preset, or RAFT weights) and previews
    the first frames' flow: **Two-Stream Inpaint** computes the flow per chunk and writes every frame
    as a PNG (named as the input frames) and an MP4 to `output/<output_folder>/` as it goes; the node
-   shows the last written frame and `k/n frames written`. Cancel stops within a frame; queue the same prompt again to continue from
-   the last complete chunk (changed inputs or settings start over).
+   shows the last written frame and `k/n frames written`. Cancel stops within a frame; queue the
+   same prompt again to continue from the last complete chunk (changed inputs or settings start
+   over).
 4. **Save Video** keeps a copy of the MP4 under `output/video/`; the result is also a `clip` for
    Multiscale Refine or Clip to Images.
 
