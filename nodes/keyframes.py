@@ -211,7 +211,7 @@ class LoadKeyframes(io.ComfyNode):
             # The keyframes only: the clip itself goes on through 'clip', read frame by frame.
             out_frames = torch.stack([clip.frame(k) for k in idx]) if idx else torch.zeros(0, *kf.size, 3)
             m = torch.stack([clip.mask(k) for k in idx]) if idx else torch.zeros(0, *kf.size)
-            strip_frames, strip_masks = clip.frames(window=1), clip.masks(window=1)
+            strip_frames, strip_masks = clip.frames(reach=1), clip.masks()
         else:
             out_frames, m = clip.materialize(progress=None if images is not None else comfy_progress())
             strip_frames, strip_masks = out_frames, m
@@ -275,8 +275,8 @@ class ClipToImages(io.ComfyNode):
             raise PipelineError(f"start: frame {start} is outside the clip's {T} frames (0..{T - 1})")
         stop = T if frame_cap <= 0 else min(T, start + frame_cap)
         clip.check_fits(stop - start, "frame_cap")
-        frames = clip.frames(window=1)
-        masks = clip.masks(window=1)
+        frames = clip.frames(reach=1)
+        masks = clip.masks()
         progress = comfy_progress()
         images = torch.empty((stop - start, *clip.size, 3))
         holes = torch.empty((stop - start, *clip.size))

@@ -24,6 +24,10 @@ from .masks import MaskSource
 from .read import FrameSource, TensorFrames
 
 
+# Float frames (and masks) a view keeps: the methods read a frame a few times in a row.
+_RECENT = 3
+
+
 def available_memory() -> int:
     """Bytes of memory free for new allocations (available RAM), or a large number if unknown."""
     try:
@@ -110,14 +114,16 @@ class LazyClip:
             m = resize_mask(m, self.size)
         return m.float()
 
-    def frames(self, window: int = 4) -> _View:
-        """The frames as a sequence (``len``, ``[t]``) that keeps the last ``window`` frames read:
-        the methods read a frame several times within a chunk."""
-        self.frames_source.set_window(window)
-        return _View(len(self), self.frame, window)
+    def frames(self, reach: int = 4) -> _View:
+        """The frames as a sequence (``len``, ``[t]``). ``reach``: how many frames back the consumer
+        reads again (a chunk and its lookahead): sources that decode in order (videos) keep that many
+        decoded frames, as uint8. The view itself keeps the last few float frames, for the reads
+        of one frame in a row."""
+        self.frames_source.set_window(reach)
+        return _View(len(self), self.frame, _RECENT)
 
-    def masks(self, window: int = 4) -> _View:
-        return _View(len(self), self.mask, window)
+    def masks(self, reach: int = 4) -> _View:
+        return _View(len(self), self.mask, _RECENT)
 
     def with_frames(self, source: FrameSource) -> LazyClip:
         """The same clip (masks, keyframes) with its frames read from ``source``, at ``size`` already
