@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from .checks import compute_device, output_folder, print_notes
 from .progress import progress_printer
 
 
@@ -43,6 +44,9 @@ def cmd_remove(args) -> int:
     from ..pipelines.flow import FlowEstimator
     from ..pipelines.propagate import propagate_fill
 
+    output_folder(args.out, create=False)  # refused now, made once the inputs are read
+    if args.model:  # refused before the clip is read
+        args.device = str(compute_device(args.device or "auto"))
     prepared = prepare_clip(
         resolve_user_path(args.frames, [], what="frames"),
         resolve_user_path(args.masks, [], what="masks") if args.masks else None,
@@ -54,12 +58,12 @@ def cmd_remove(args) -> int:
         height=args.height,
         invert_mask=args.invert_mask,
         edited=[load_image_tensor(resolve_user_path(p, [], what="edited")) for p in args.edited] or None,
+        mask_threshold=args.mask_threshold,
+        allow_large_holes=args.allow_large_holes,
     )
-    for n in prepared.notes:
-        print(f"note: {n}", file=sys.stderr)
+    print_notes(prepared.notes)
+    out = output_folder(args.out)
     names = prepared.keyframes.names
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results = []
 
     def sink(t, filled, unseen):
@@ -88,14 +92,12 @@ def cmd_remove(args) -> int:
 
 def _remove_with_model(args, frames, masks, edited, sink) -> None:
     """``remove --model``: the two-stream video protocol (as TwoStreamInpaint with a model)."""
-    import torch
-
     from ..pipelines.checks import parse_dtype
     from ..pipelines.flow import FlowEstimator
     from ..pipelines.two_stream.io import config_name, load_two_stream
     from ..pipelines.two_stream.video import TwoStreamVideoConfig, parse_offsets, remove_with_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device
     model = load_two_stream(args.model, device=device, dtype=parse_dtype(args.dtype, "--dtype"))
     print(
         f"model: {Path(args.model).name} ({config_name(model.config)}) on {device}, {args.dtype}",
@@ -181,6 +183,16 @@ def register(sub) -> None:
     r.add_argument("--width", type=int, default=0)
     r.add_argument("--height", type=int, default=0)
     r.add_argument("--invert-mask", action="store_true")
+    r.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=0.5,
+        help="mask values above this fraction of the way from the darkest to the brightest are the hole "
+        "(0.5 = half-way; 0 = any non-zero value)",
+    )
+    r.add_argument(
+        "--allow-large-holes", action="store_true", help="fill frames whose hole covers 95%% or more"
+    )
     r.add_argument("--fps", type=float, default=24.0, help="MP4 frame rate when the source has none")
     _add_propagation_args(r)
     r.add_argument(

@@ -16,7 +16,17 @@ from ..pipelines.flow import FlowEstimator
 from ..pipelines.propagate import PropagationConfig, propagate_fill
 from ..pipelines.two_stream.model import TwoStreamGenerator
 from ..pipelines.two_stream.video import TwoStreamVideoConfig, parse_offsets, remove_with_model, working_size
-from .common import CATEGORY, Flow, Keyframes, TwoStreamModel, comfy_progress, module_bytes, on_compute_device
+from .common import (
+    CATEGORY,
+    Flow,
+    Keyframes,
+    TwoStreamModel,
+    comfy_progress,
+    given,
+    module_bytes,
+    on_compute_device,
+    validation,
+)
 from .preview import clip_preview
 
 
@@ -27,8 +37,8 @@ class TwoStreamInpaint(io.ComfyNode):
             node_id="KFP_TwoStreamInpaint",
             display_name="Two-Stream Inpaint",
             category=CATEGORY,
-            # An output node: its preview is shown again when ComfyUI reuses the cached result.
-            is_output_node=True,
+            # Not an output node: a graph whose outputs are broken must fail as a whole, not run
+            # this part and report success. Its preview is shown whenever it runs.
             description=(
                 "Removes the masked region from every frame. Without a model: each hole pixel is taken "
                 "from the nearest frames where it is visible (edited keyframes first) by following "
@@ -131,6 +141,14 @@ class TwoStreamInpaint(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        keyframe_offsets: str | None = "-40,-20,-10,10,20,40",
+    ) -> bool | str:
+        """Checked at queue time: the keyframe_offsets syntax (ComfyUI checks the number ranges)."""
+        return validation(cls, {}, lambda: given(keyframe_offsets) and parse_offsets(str(keyframe_offsets)))
 
     @classmethod
     def execute(

@@ -8,11 +8,25 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..pipelines.clip import fingerprint_paths, prepare_clip, resolve_user_path
+from ..pipelines.clip.keyframes import check_keyframe_syntax
+from ..pipelines.clip.prepare import check_resize
 from ..pipelines.errors import PipelineError
-from .common import CATEGORY, Keyframes, comfy_progress, current_node_id, input_roots
+from .common import (
+    CATEGORY,
+    NOT_CONNECTED,
+    Keyframes,
+    comfy_progress,
+    current_node_id,
+    given,
+    input_roots,
+    validation,
+    widget_values,
+)
 from .preview import filmstrip_ui
 
 log = logging.getLogger("keyframe_propagation")
+
+_NO_FRAMES = "frames: give a folder or video under the input folder, or connect 'images'"
 
 
 class LoadKeyframes(io.ComfyNode):
@@ -22,8 +36,8 @@ class LoadKeyframes(io.ComfyNode):
             node_id="KFP_LoadKeyframes",
             display_name="Load Keyframes",
             category=CATEGORY,
-            # An output node: its preview is shown again when ComfyUI reuses the cached result.
-            is_output_node=True,
+            # Not an output node: a graph whose outputs are broken must fail as a whole, not run
+            # this part and report success. Its filmstrip is shown whenever it runs.
             description=(
                 "Loads a clip (frame folder, video file or IMAGE batch), its masks (1 = region to fill) "
                 "and the keyframe indices that the other nodes of the pack propagate from."
@@ -39,8 +53,9 @@ class LoadKeyframes(io.ComfyNode):
                     "masks",
                     default="",
                     tooltip="Folder of masks (one per frame, matched by file name, else by order) or one "
-                    "mask image used for every frame, relative to the input folder. Non-zero = region to "
-                    "fill. Empty: use the 'mask' input, else the frames' alpha channel, else no hole.",
+                    "mask image used for every frame, relative to the input folder. White = region to "
+                    "fill (see mask_threshold). Empty: use the 'mask' input, else the frames' alpha "
+                    "channel, else no hole.",
                 ),
                 io.String.Input(
                     "keyframes",
@@ -106,6 +121,24 @@ class LoadKeyframes(io.ComfyNode):
                     tooltip="Artist-edited images that replace the first keyframes in order; they count "
                     "as fully known and are propagated to the other frames.",
                 ),
+                io.Float.Input(
+                    "mask_threshold",
+                    default=0.5,
+                    min=0.0,
+                    max=0.99,
+                    step=0.05,
+                    optional=True,
+                    tooltip="Where a mask value becomes hole: this fraction of the way from the clip's "
+                    "darkest to its brightest mask value (0.5 = half-way, so JPEG noise and feathered "
+                    "edges are handled). 0 = any non-zero value is a hole.",
+                ),
+                io.Boolean.Input(
+                    "allow_large_holes",
+                    default=False,
+                    optional=True,
+                    tooltip="Allow frames whose hole covers 95% or more of the frame (otherwise refused: "
+                    "such masks are usually inverted or noisy).",
+                ),
             ],
             outputs=[
                 io.Image.Output("frames_out", display_name="frames", tooltip="The frames (B,H,W,3)."),
@@ -119,6 +152,39 @@ class LoadKeyframes(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        frames: str | None = "",
+        masks: str | None = "",
+        keyframes: str | None = "0",
+        width: int | None = 0,
+        height: int | None = 0,
+        images=NOT_CONNECTED,
+        mask=NOT_CONNECTED,
+    ) -> bool | str:
+        """Checked at queue time: the keyframe syntax, the sizes (multiples of 8) and that the frame
+        and mask paths exist unless 'images' / 'mask' are connected (ComfyUI checks the other
+        inputs' number ranges)."""
+        values = widget_values(locals())
+
+        def paths() -> None:
+            if images is NOT_CONNECTED and isinstance(frames, str):
+                if not frames.strip():
+                    raise PipelineError(_NO_FRAMES)
+                resolve_user_path(frames.strip(), input_roots(), what="frames")
+            if mask is NOT_CONNECTED and isinstance(masks, str) and masks.strip():
+                resolve_user_path(masks.strip(), input_roots(), what="masks")
+
+        def sizes() -> None:
+            check_resize(width if given(width) else 0, height if given(height) else 0)
+
+        def syntax() -> None:
+            if given(keyframes):
+                check_keyframe_syntax(str(keyframes))
+
+        return validation(cls, values, syntax, sizes, paths)
 
     @classmethod
     def fingerprint_inputs(cls, frames: str = "", masks: str = "", **kwargs) -> str:
@@ -149,13 +215,15 @@ class LoadKeyframes(io.ComfyNode):
         images: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         edited_keyframes: torch.Tensor | None = None,
+        mask_threshold: float = 0.5,
+        allow_large_holes: bool = False,
     ) -> io.NodeOutput:
         if images is not None:
             source = images
         elif frames.strip():
             source = resolve_user_path(frames.strip(), input_roots(), what="frames")
         else:
-            raise PipelineError("frames: give a folder or video under the input folder, or connect 'images'")
+            raise PipelineError(_NO_FRAMES)
         if mask is not None:
             msrc = mask
         elif masks.strip():
@@ -174,6 +242,8 @@ class LoadKeyframes(io.ComfyNode):
             invert_mask=invert_mask,
             edited=edited_keyframes,
             progress=None if images is not None else comfy_progress(),
+            mask_threshold=mask_threshold,
+            allow_large_holes=allow_large_holes,
         )
         out_frames, m, kf, notes = clip.frames, clip.masks, clip.keyframes, clip.notes
         T, idx, edited = kf.num_frames, kf.indices, kf.edited

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from .checks import check_finite_result, check_known_pixels
 from .errors import PipelineError
 from .flow import FlowEstimator, complete_flow, fb_error, flow_pair
 from .ops import dilate, warp
@@ -236,6 +237,7 @@ def propagate_fill(
         raise PipelineError(f"flow_fill: '{cfg.flow_fill}' is not one of homography, idw")
     edited_sorted = sorted({int(e) for e in edited if 0 <= int(e) < T})
     edited_set = set(edited_sorted)
+    check_known_pixels(masks, "masks", edited_sorted)
 
     hole_cache: dict[int, torch.Tensor] = {}
 
@@ -293,7 +295,13 @@ def propagate_fill(
                 )
             filled, unseen = _blend(fwd_state, bwd_states.pop(t), frame(t), hole(t))
             if unseen.any():
+                if bool(unseen.all()):
+                    raise PipelineError(
+                        f"masks: frame {t} is all hole and no other frame shows any of it, so there is "
+                        "nothing to fill it from; check its mask (inverted or blank white?)"
+                    )
                 filled = telea_fill(filled, unseen, cfg.telea_radius)
+            check_finite_result(filled, f"images: frame {t}", "check the node or files that made the frames")
             if sink is not None:
                 sink(t, filled, unseen)
             else:

@@ -14,7 +14,7 @@ the user has to fix raise :class:`~..errors.PipelineError` naming the input as t
 """
 
 from .keyframes import apply_edited_keyframes, parse_keyframes
-from .masks import binarize_mask, fit_mask, load_masks, read_mask_file
+from .masks import binarize_mask, check_holes, fit_mask, load_masks, read_mask_file
 from .paths import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, fingerprint_paths, list_images, resolve_user_path
 from .prepare import PreparedClip, prepare_clip, resize_clip
 from .read import Clip, clip_from_images, load_frames, load_image_tensor
@@ -27,6 +27,7 @@ __all__ = [
     "PreparedClip",
     "apply_edited_keyframes",
     "binarize_mask",
+    "check_holes",
     "clip_from_images",
     "fingerprint_paths",
     "fit_mask",

@@ -1,12 +1,17 @@
 """Masks of a clip (1 = hole): from a folder, one static image, a MASK batch or the alpha channel.
 
-Every repair of the user's masks (a wrong size, a palette or RGB image, one mask for all frames) is
-logged and returned as a note.
+Masks are binarised at ``threshold`` of the way from the clip's lowest to its highest mask value
+(0.5 = half-way), so JPEG noise, feathered edges and 0/1 label maps all give the intended hole;
+``threshold`` 0 keeps "any non-zero value is a hole". Every repair of the user's masks (a wrong size,
+a palette or colour image, strokes on a transparent layer, one mask for all frames) and the threshold
+used are logged and returned as notes; :func:`check_holes` reports the hole's share, warns about masks
+that look inverted and refuses frames that are (almost) all hole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -15,52 +20,128 @@ import torch
 from PIL import Image
 
 from ..checks import check_shape
-from ..errors import PipelineError, note, short_list, wh
+from ..errors import PipelineError, note, short_list, warn, wh
 from .paths import IMAGE_EXTENSIONS, list_images
 
+# A frame whose hole covers this share or more is refused unless large holes are allowed.
+LARGE_HOLE = 0.95
 
-def binarize_mask(array: np.ndarray) -> np.ndarray:
-    """Any mask image -> bool ``(H, W)``, True = hole.
 
-    ``(H, W)`` (gray, palette indices, 16-bit): non-zero = hole. ``(H, W, 3)`` coloured masks: any
-    non-zero channel = hole. ``(H, W, 4)``: RGB as above, unless RGB is zero everywhere, then alpha > 0.
-    ``(H, W, 2)`` (gray + alpha) likewise.
+@dataclass
+class MaskValues:
+    """One mask image as a single channel: ``values`` ``(H, W)`` (higher = more hole) on a scale of
+    0..``full``; ``kind`` says how it was made from the file (``gray``, ``palette``, ``colour``,
+    ``alpha``); ``bright_zero``: a palette image whose index 0 (known) is shown bright."""
+
+    values: np.ndarray
+    full: float
+    kind: str = "gray"
+    bright_zero: bool = False
+
+
+def _full_scale(a: np.ndarray) -> float:
+    if a.dtype == np.bool_:
+        return 1.0
+    if a.dtype == np.uint8:
+        return 255.0
+    if a.dtype == np.uint16:
+        return 65535.0
+    top = float(a.max()) if a.size else 0.0
+    if np.issubdtype(a.dtype, np.floating):
+        return 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+    return 255.0 if top <= 255 else 65535.0 if top <= 65535 else float(np.iinfo(a.dtype).max)
+
+
+def mask_values(array: np.ndarray) -> MaskValues:
+    """Any mask image array -> one channel of mask values (not yet binarised).
+
+    ``(H, W)``: gray levels (8/16-bit, float or bool). ``(H, W, 3)``: the brightest channel (coloured
+    masks). ``(H, W, 2|4)``: the alpha channel when it varies (strokes painted on a transparent layer,
+    whatever their colour), else the gray/colour channels as above.
     """
     a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
     if a.ndim == 2:
-        return a != 0
+        return MaskValues(a.astype(np.uint8) * 255 if a.dtype == np.bool_ else a, _full_scale(a))
     if a.ndim != 3:
         raise ValueError(f"a mask image must be (H, W) or (H, W, C), got shape {a.shape}")
     c = a.shape[2]
-    if c == 1:
-        return a[:, :, 0] != 0
     if c in (2, 4):
-        colour = np.any(a[:, :, : c - 1] != 0, axis=2)
-        # A black image whose strokes live only in the alpha channel (painted on a transparent layer).
-        return colour if colour.any() else a[:, :, c - 1] != 0
-    return np.any(a != 0, axis=2)
+        alpha = a[:, :, c - 1]
+        if alpha.size and alpha.min() != alpha.max():
+            return MaskValues(alpha, _full_scale(alpha), "alpha")
+        a = a[:, :, : c - 1]
+        if c == 2:
+            return MaskValues(a[:, :, 0], _full_scale(a))
+    return MaskValues(a.max(axis=2), _full_scale(a), "colour")
 
 
-def read_mask_file(path: Path | str) -> np.ndarray:
-    """Read a mask image with PIL (palette indices preserved) -> bool ``(H, W)``, True = hole."""
+def threshold_value(lo: float, hi: float, full: float, threshold: float) -> float:
+    """The value above which a mask value is a hole: ``threshold`` of the way from ``lo`` to ``hi``
+    (the lowest and highest values of the clip's masks); a uniform mask is compared with
+    ``threshold * full``; ``threshold`` 0 means any value above 0."""
+    if threshold <= 0:
+        return 0.0
+    if hi <= lo:
+        return threshold * full
+    return lo + threshold * (hi - lo)
+
+
+def binarize_mask(array: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """One mask image -> bool ``(H, W)``, True = hole, binarised at ``threshold`` of its own value
+    range (see :func:`threshold_value`; 0 = any non-zero value). Palette images are read by
+    :func:`read_mask_values` (indices, not colours)."""
+    mv = mask_values(array)
+    v = mv.values
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    return v > threshold_value(lo, hi, mv.full, threshold)
+
+
+def read_mask_values(path: Path | str) -> MaskValues:
+    """Read a mask image with PIL -> :class:`MaskValues`. Palette images give their indices: index 0
+    is known, any other index is hole (values 0 / 255), whatever colours the palette shows."""
     path = Path(path)
     try:
         with Image.open(path) as im:
+            if im.mode in ("P", "PA"):
+                idx = np.asarray(im.convert("P") if im.mode == "PA" else im)
+                rgb = (im.getpalette() or [0, 0, 0])[:3]
+                bright = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 127
+                return MaskValues((idx != 0).astype(np.uint8) * 255, 255.0, "palette", bool(bright))
             im.load()
             if im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBa", "La"):
                 im = im.convert("RGB")
             array = np.asarray(im)
+    except Image.DecompressionBombError as e:
+        raise PipelineError(
+            f"masks: '{path.name}' is larger than the image reader allows ({e}); give masks at the frame size"
+        ) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise PipelineError(f"masks: cannot read mask image '{path}' (corrupt or not an image): {e}") from e
-    return binarize_mask(array)
+    try:
+        return mask_values(array)
+    except ValueError as e:
+        raise PipelineError(f"masks: cannot use '{path}' as a mask: {e}") from e
+
+
+def read_mask_file(path: Path | str, threshold: float = 0.5) -> np.ndarray:
+    """Read one mask image -> bool ``(H, W)``, True = hole, binarised at ``threshold`` of its value
+    range (0 = any non-zero value; palette images by index)."""
+    mv = read_mask_values(path)
+    v = mv.values
+    return v > threshold_value(float(v.min()), float(v.max()), mv.full, threshold)
 
 
 def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a bool mask to ``size`` (H, W)."""
+    """Nearest-neighbour resize of a mask (bool or values) to ``size`` (H, W); values are kept."""
     if mask.shape == tuple(size):
         return mask
-    out = cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-    return out.astype(bool)
+    src = mask.astype(np.uint8) if mask.dtype == np.bool_ else mask
+    if src.dtype not in (np.uint8, np.uint16, np.float32):
+        src = src.astype(np.float32)
+    out = cv2.resize(src, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return out.astype(bool) if mask.dtype == np.bool_ else out
 
 
 class _Resized:
@@ -81,6 +162,91 @@ class _Resized:
             )
 
 
+def _which(names: list[str]) -> str:
+    return f"'{names[0]}' is" if len(names) == 1 else f"{len(names)} masks ({short_list(names)}) are"
+
+
+class _Kinds:
+    """Collects how mask files were read (palette, colour, transparent layer, JPEG): one note each."""
+
+    def __init__(self) -> None:
+        self.by_kind: dict[str, list[str]] = {}
+
+    def add(self, mv: MaskValues, name: str) -> None:
+        if mv.kind != "gray":
+            self.by_kind.setdefault(mv.kind, []).append(name)
+        if mv.bright_zero:
+            self.by_kind.setdefault("bright_zero", []).append(name)
+        if name.lower().endswith((".jpg", ".jpeg")):
+            self.by_kind.setdefault("jpeg", []).append(name)
+
+    def notes(self, threshold: float, notes: list[str]) -> None:
+        k = self.by_kind
+        if "palette" in k:
+            note(
+                notes,
+                f"masks: {_which(k['palette'])} palette images: colour index 0 is known and every other "
+                "index is the hole, whatever colours the palette shows",
+            )
+        if "bright_zero" in k:
+            warn(
+                notes,
+                f"masks: {_which(k['bright_zero'])} palette images whose index 0 (the known part) is "
+                "shown light: if the light region is the object to remove, the masks are inverted; "
+                "set invert_mask",
+            )
+        if "colour" in k:
+            note(notes, f"masks: {_which(k['colour'])} colour images: each pixel's brightest channel is used")
+        if "alpha" in k:
+            note(
+                notes,
+                f"masks: {_which(k['alpha'])} partly transparent: the alpha channel is the mask "
+                "(painted = hole, transparent = known)",
+            )
+        if "jpeg" in k and threshold <= 0:
+            warn(
+                notes,
+                f"masks: {_which(k['jpeg'])} JPEG files and mask_threshold is 0 (any non-zero value is a "
+                "hole): JPEG noise around and away from the strokes becomes hole; use mask_threshold 0.5 "
+                "or save masks as PNG",
+            )
+
+
+def _fmt(v: float, full: float) -> str:
+    """A mask value for a message: 3 digits on a 0..1 scale, else at most one decimal."""
+    return f"{v:.3g}" if full <= 1.0 else f"{v:.1f}".removesuffix(".0")
+
+
+def _binarize(
+    values: Sequence[MaskValues], threshold: float, what: str, notes: list[str]
+) -> list[np.ndarray]:
+    """Binarise every mask of a clip at one threshold from the clip's value range; note it."""
+    fulls = {mv.full for mv in values}
+    full = fulls.pop() if len(fulls) == 1 else 1.0  # the files' scale, or fractions when they differ
+    lo = min(float(mv.values.min()) / mv.full for mv in values) * full
+    hi = max(float(mv.values.max()) / mv.full for mv in values) * full
+    cut = threshold_value(lo, hi, full, threshold)
+    out = [mv.values > cut * mv.full / full for mv in values]
+    if threshold <= 0:
+        note(notes, f"masks: {what}: any non-zero value is a hole (mask_threshold 0)")
+    else:
+        if hi > lo:
+            how = (
+                f"{threshold:g} of the way from the lowest value {_fmt(lo, full)} "
+                f"to the highest {_fmt(hi, full)}"
+            )
+        else:
+            how = f"{threshold:g} of the full scale, as every value is {_fmt(hi, full)}"
+        note(
+            notes,
+            f"masks: {what}: a pixel is a hole where its value is above {_fmt(cut, full)} of "
+            f"0..{_fmt(full, full)} (mask_threshold {how})",
+        )
+    if not any(b.any() for b in out):
+        note(notes, f"masks: no value of {what} is above the threshold; nothing will be filled")
+    return out
+
+
 def load_masks(
     source: Path | torch.Tensor | None,
     num_frames: int,
@@ -89,6 +255,7 @@ def load_masks(
     selected: Sequence[int] | None = None,
     alpha: torch.Tensor | None = None,
     invert: bool = False,
+    threshold: float = 0.5,
 ) -> tuple[torch.Tensor, list[str]]:
     """Masks for ``num_frames`` frames of ``size`` (H, W) -> (masks ``(T, H, W)`` float32 1 = hole, notes).
 
@@ -96,44 +263,57 @@ def load_masks(
     ``selected`` - the loaded frames' indices in the full source - a folder with one mask per source
     frame also works), a single mask image (static), a ComfyUI MASK tensor ``(B, H, W)`` / ``(H, W)``
     (B == 1 broadcast), or None (holes from ``alpha`` ``(T, H, W)``, transparent = hole, if given;
-    else no holes). Masks of another size are resized (nearest) with a note. ``invert`` swaps hole/known.
+    else no holes). Masks of another size are resized (nearest) with a note. Values are binarised at
+    ``threshold`` of the way from the clip's lowest to its highest mask value (0 = any non-zero value
+    is a hole; see :func:`threshold_value`). ``invert`` swaps hole/known.
     """
     t = int(num_frames)
     h, w = int(size[0]), int(size[1])
+    threshold = float(threshold)
+    if not 0.0 <= threshold < 1.0:
+        raise PipelineError(
+            f"mask_threshold: {threshold:g} is not valid; use 0.5 (half-way between the masks' lowest and "
+            "highest values), a value in 0..0.99, or 0 for any non-zero value"
+        )
     notes: list[str] = []
     if isinstance(source, torch.Tensor):
-        masks = _masks_from_tensor(source, t, (h, w), notes)
+        masks = _masks_from_tensor(source, t, (h, w), threshold, notes)
     elif source is None:
         if alpha is None:
             note(notes, "masks: no mask given; nothing will be filled (every pixel is known)")
             if invert:
                 note(notes, "masks: invert ignored because no mask was given")
             return torch.zeros((t, h, w), dtype=torch.float32), notes
-        masks = _masks_from_alpha(alpha, t, (h, w), notes)
+        masks = _masks_from_alpha(alpha, t, (h, w), threshold, notes)
     else:
         path = Path(source)
         if not path.exists():
             raise PipelineError(f"masks: '{path}' not found")
         if path.is_dir():
-            masks = _masks_from_folder(path, t, (h, w), list(frame_names), selected, notes)
+            masks = _masks_from_folder(path, t, (h, w), list(frame_names), selected, threshold, notes)
         else:
-            resized = _Resized()
-            m = read_mask_file(path)
-            if m.shape != (h, w):
-                resized.add(m.shape, path.name)
+            resized, kinds = _Resized(), _Kinds()
+            mv = read_mask_values(path)
+            kinds.add(mv, path.name)
+            if mv.values.shape != (h, w):
+                resized.add(mv.values.shape, path.name)
             resized.notes((h, w), notes)
             if t > 1:
                 note(
                     notes, f"masks: '{path.name}' is a single mask; used as a static mask for all {t} frames"
                 )
-            masks = torch.from_numpy(fit_mask(m, (h, w))).expand(t, h, w)
+            kinds.notes(threshold, notes)
+            (hole,) = _binarize([mv], threshold, f"'{path.name}'", notes)
+            masks = torch.from_numpy(fit_mask(hole, (h, w))).expand(t, h, w)
     masks = masks.to(torch.float32)
     if invert:
         masks = 1.0 - masks
     return masks.contiguous(), notes
 
 
-def _masks_from_tensor(source: torch.Tensor, t: int, size: tuple[int, int], notes: list[str]) -> torch.Tensor:
+def _masks_from_tensor(
+    source: torch.Tensor, t: int, size: tuple[int, int], threshold: float, notes: list[str]
+) -> torch.Tensor:
     m = source.detach().to("cpu", torch.float32)
     if m.ndim == 2:
         m = m[None]
@@ -144,7 +324,9 @@ def _masks_from_tensor(source: torch.Tensor, t: int, size: tuple[int, int], note
             f"masks: the MASK input has {b} masks but there are {t} frames; "
             "give one static mask or one mask per frame"
         )
-    hole = m > 0.5
+    if not bool(torch.isfinite(m).all()):
+        raise PipelineError("masks: the MASK input has NaN or infinite values; check the node that made it")
+    hole = torch.from_numpy(_binarize([MaskValues(m.numpy(), 1.0)], threshold, "the MASK input", notes)[0])
     if tuple(hole.shape[1:]) != size:
         note(
             notes,
@@ -157,22 +339,26 @@ def _masks_from_tensor(source: torch.Tensor, t: int, size: tuple[int, int], note
     return hole.expand(t, *size)
 
 
-def _masks_from_alpha(alpha: torch.Tensor, t: int, size: tuple[int, int], notes: list[str]) -> torch.Tensor:
+def _masks_from_alpha(
+    alpha: torch.Tensor, t: int, size: tuple[int, int], threshold: float, notes: list[str]
+) -> torch.Tensor:
     a = alpha.detach().to("cpu", torch.float32)
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or a.shape[0] not in (1, t):
         raise PipelineError(f"masks: the frames' alpha channel has shape {tuple(alpha.shape)} for {t} frames")
-    hole = a < 0.5
-    if tuple(hole.shape[1:]) != size:
-        hole = torch.from_numpy(np.stack([fit_mask(x, size) for x in hole.numpy()]))
-    if hole.any():
-        note(notes, "masks: no mask given; using the frames' alpha channel (transparent pixels are the hole)")
-    else:
+    opaque = bool((a >= 1.0).all())
+    if opaque:
         note(
             notes,
             "masks: no mask given and the frames' alpha channel is fully opaque; nothing will be filled",
         )
+        return torch.zeros((t, *size), dtype=torch.bool)
+    note(notes, "masks: no mask given; using the frames' alpha channel (transparent pixels are the hole)")
+    (hole,) = _binarize([MaskValues((1.0 - a).numpy(), 1.0)], threshold, "the alpha channel", notes)
+    hole = torch.from_numpy(hole)
+    if tuple(hole.shape[1:]) != size:
+        hole = torch.from_numpy(np.stack([fit_mask(x, size) for x in hole.numpy()]))
     return hole.expand(t, *size)
 
 
@@ -182,6 +368,7 @@ def _masks_from_folder(
     size: tuple[int, int],
     frame_names: list[str],
     selected: Sequence[int] | None,
+    threshold: float,
     notes: list[str],
 ) -> torch.Tensor:
     files = list_images(folder)
@@ -234,15 +421,89 @@ def _masks_from_folder(
                 f"static mask nor a mask for every frame{extra}"
             )
 
-    out = torch.empty((t, *size), dtype=torch.bool)
-    resized = _Resized()
-    cache: dict[Path, torch.Tensor] = {}
-    for k, f in enumerate(plan):
-        if f not in cache:
-            m = read_mask_file(f)
-            if m.shape != size:
-                resized.add(m.shape, f.name)
-            cache = {f: torch.from_numpy(fit_mask(m, size))}  # plans repeat a file only consecutively
-        out[k] = cache[f]
+    # Each file is read once (values at the frame size); the threshold needs the whole clip's range.
+    resized, kinds = _Resized(), _Kinds()
+    unique = list(dict.fromkeys(plan))
+    values: list[MaskValues] = []
+    for f in unique:
+        mv = read_mask_values(f)
+        kinds.add(mv, f.name)
+        if mv.values.shape != size:
+            resized.add(mv.values.shape, f.name)
+            mv.values = fit_mask(mv.values, size)
+        values.append(mv)
     resized.notes(size, notes)
+    kinds.notes(threshold, notes)
+    holes = dict(zip(unique, _binarize(values, threshold, f"the masks in '{folder.name}'", notes)))
+    del values
+    out = torch.empty((t, *size), dtype=torch.bool)
+    for k, f in enumerate(plan):
+        out[k] = torch.from_numpy(holes[f])
     return out
+
+
+def _frame_label(t: int, names: Sequence[str]) -> str:
+    name = names[t] if t < len(names) else ""
+    return f"frame {t}" + (f" ('{name}')" if name and name != f"{t:05d}" else "")
+
+
+def check_holes(
+    masks: torch.Tensor,
+    names: Sequence[str] = (),
+    allow_large_holes: bool = False,
+    inverted: bool = False,
+    skip: Sequence[int] = (),
+) -> list[str]:
+    """Look at the holes of a clip's final masks ``(T, H, W)`` (1 = hole) -> notes.
+
+    Notes the hole's share of the pixels; warns when the masks look inverted (the hole is most of the
+    clip, or most of the frame border); refuses (PipelineError naming ``masks``) a frame whose hole
+    covers 95 % or more unless ``allow_large_holes``. ``inverted``: invert_mask was on (for the
+    advice); ``skip``: frames that are not filled (edited keyframes).
+    """
+    check_shape(masks, "T,H,W", "masks")
+    notes: list[str] = []
+    t = int(masks.shape[0])
+    keep = [i for i in range(t) if i not in set(int(s) for s in skip)]
+    if not keep:
+        return notes
+    hole = masks[keep] > 0.5
+    if not bool(hole.any()):
+        return notes
+    share = hole.flatten(1).float().mean(dim=1)
+    mean = float(share.mean())
+    lo, hi = float(share.min()), float(share.max())
+    where = "the image" if t == 1 else "the pixels"
+    spread = "" if t == 1 else f" (per frame {lo:.1%} to {hi:.1%})"
+    note(notes, f"masks: the hole covers {mean:.1%} of {where}{spread}")
+    if hole.shape[1] > 2 and hole.shape[2] > 2:
+        border = torch.cat(
+            [hole[:, 0, :], hole[:, -1, :], hole[:, 1:-1, 0], hole[:, 1:-1, -1]], dim=1
+        ).float()
+        border_share = float(border.mean())
+    else:
+        border_share = 0.0
+    if mean > 0.5 or border_share > 0.9:
+        why = f"the hole covers {mean:.1%} of {where}" if mean > 0.5 else "the hole covers the frame border"
+        fix = (
+            "invert_mask is on: if the masks already mark the object in white, turn it off"
+            if inverted
+            else "if the masks mark the object in black on white, set invert_mask"
+        )
+        warn(notes, f"masks: {why}, so the masks may be inverted (the hole is where they are white); {fix}")
+    large = [keep[i] for i in torch.nonzero(share >= LARGE_HOLE).flatten().tolist()]
+    if large and not allow_large_holes:
+        worst = max(large, key=lambda i: float(share[keep.index(i)]))
+        others = f" ({len(large)} frames have a hole of {LARGE_HOLE:.0%} or more)" if len(large) > 1 else ""
+        raise PipelineError(
+            f"masks: the hole covers {float(share[keep.index(worst)]):.1%} of {_frame_label(worst, names)}"
+            f"{others}, leaving almost nothing to fill it from. Check that the masks are not inverted "
+            "(invert_mask) and that noise or a faint background is not read as hole (mask_threshold); "
+            "set allow_large_holes to fill such frames anyway"
+        )
+    if large:
+        warn(
+            notes,
+            f"masks: {len(large)} frames have a hole of {LARGE_HOLE:.0%} or more (allow_large_holes is on)",
+        )
+    return notes

@@ -19,8 +19,17 @@ from ..ops import fit_size, resize_frame, resize_mask
 from ..progress import ProgressFn
 from ..types import Keyframes
 from .keyframes import apply_edited_keyframes, parse_keyframes
-from .masks import load_masks
+from .masks import check_holes, load_masks
 from .read import Clip, clip_from_images, load_frames
+
+
+def check_resize(width: int, height: int) -> None:
+    """Raise PipelineError naming ``width`` / ``height`` unless each is 0 or a multiple of 8."""
+    for name, value in (("width", width), ("height", height)):
+        v = check_int(value, name, 0, "use 0 (keep the aspect ratio) or a multiple of 8")
+        if v % 8:
+            lo = max(8, v // 8 * 8)
+            raise PipelineError(f"{name}: {v} is not a multiple of 8; use for example {lo} or {lo + 8}")
 
 
 def resize_clip(
@@ -31,11 +40,7 @@ def resize_clip(
     0 for one side keeps the aspect ratio (rounded to the nearest multiple of 8); both 0 = unchanged.
     Masks are resized conservatively (a hole never disappears). Returns (frames, masks, notes).
     """
-    for name, value in (("width", width), ("height", height)):
-        v = check_int(value, name, 0, "use 0 (keep the aspect ratio) or a multiple of 8")
-        if v % 8:
-            lo = max(8, v // 8 * 8)
-            raise PipelineError(f"{name}: {v} is not a multiple of 8; use for example {lo} or {lo + 8}")
+    check_resize(width, height)
     width, height = int(width), int(height)
     check_shape(masks, "T,H,W", "masks", known=check_shape(frames, "T,H,W,3", "frames"))
     notes: list[str] = []
@@ -81,6 +86,8 @@ def prepare_clip(
     invert_mask: bool = False,
     edited: torch.Tensor | Sequence[torch.Tensor] | None = None,
     progress: ProgressFn | None = None,
+    mask_threshold: float = 0.5,
+    allow_large_holes: bool = False,
 ) -> PreparedClip:
     """Frames, masks and keyframes of a clip from the user's inputs.
 
@@ -91,7 +98,9 @@ def prepare_clip(
     a list of images of any sizes (each is resized to the frame size). The selection
     (skip_first, every_nth, frame_cap), the resize (width, height, multiples of 8; 0 keeps the
     aspect ratio) and the keyframe syntax are as :func:`load_frames`, :func:`resize_clip` and
-    :func:`parse_keyframes`.
+    :func:`parse_keyframes`. mask_threshold: where mask values are binarised (see
+    :func:`load_masks`); the final masks are checked by :func:`check_holes` (a frame 95 % hole or more
+    is refused unless ``allow_large_holes``).
     """
     if isinstance(frames, torch.Tensor):
         clip = clip_from_images(frames, frame_cap, skip_first, every_nth)
@@ -104,7 +113,14 @@ def prepare_clip(
         if masks.ndim == 3 and masks.shape[0] == frames.shape[0] != T:
             msrc = masks[clip.selected]  # a MASK batch aligned with the full IMAGE batch
     m, mnotes = load_masks(
-        msrc, T, (H, W), frame_names=clip.names, selected=clip.selected, alpha=clip.alpha, invert=invert_mask
+        msrc,
+        T,
+        (H, W),
+        frame_names=clip.names,
+        selected=clip.selected,
+        alpha=clip.alpha,
+        invert=invert_mask,
+        threshold=mask_threshold,
     )
     notes += mnotes
     out_frames, m, rnotes = resize_clip(clip.frames, m, width, height)
@@ -119,6 +135,7 @@ def prepare_clip(
             )
         out_frames, m, edited_idx, enotes = apply_edited_keyframes(out_frames, m, edited, idx)
         notes += enotes
+    notes += check_holes(m, clip.names, allow_large_holes, invert_mask, skip=edited_idx)
     kf = Keyframes(
         indices=idx,
         size=(int(out_frames.shape[1]), int(out_frames.shape[2])),
@@ -131,4 +148,4 @@ def prepare_clip(
     return PreparedClip(out_frames, m, kf, notes)
 
 
-__all__ = ["Clip", "PreparedClip", "prepare_clip", "resize_clip"]
+__all__ = ["Clip", "PreparedClip", "check_resize", "prepare_clip", "resize_clip"]

@@ -41,7 +41,12 @@ def _decode_image(path: Path, what: str) -> tuple[np.ndarray, np.ndarray | None]
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
         raise PipelineError(f"{what}: cannot read '{path}': {e}") from e
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as e:  # e.g. a header over OpenCV's pixel limit (CV_IO_MAX_IMAGE_PIXELS)
+        too_big = "MAX_IMAGE_PIXELS" in str(e)
+        why = "its size is over the image reader's pixel limit" if too_big else "OpenCV cannot decode it"
+        raise PipelineError(f"{what}: cannot read image '{path}' ({why})") from e
     if img is None:
         raise PipelineError(f"{what}: cannot read image '{path}' (the file is corrupt or not an image)")
     try:
