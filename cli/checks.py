@@ -47,6 +47,8 @@ def output_image(path: str | os.PathLike, what: str = "--out") -> Path:
         raise PipelineError(
             f"{what}: cannot write images with the extension '{p.suffix}'; use .png, .jpg, .tif or .webp"
         )
+    if p.parent.is_file():
+        raise PipelineError(f"{what}: cannot create the folder '{p.parent}' ('{p.parent}' is a file)")
     output_folder(p.parent, what, create=False)
     return p
 

@@ -294,6 +294,9 @@ def propagate_fill(
                     fwd_state, bwd_flow, trust_bwd, frame(t), hole(t), t in edited_set, cfg.valid_threshold
                 )
             filled, unseen = _blend(fwd_state, bwd_states.pop(t), frame(t), hole(t))
+            # Known and propagated pixels (the rest is filled below): NaN there is a broken input.
+            seen = torch.where(unseen[..., None] > 0, 0.0, filled)
+            check_finite_result(seen, f"images: frame {t}", "check the node or files that made the frames")
             if unseen.any():
                 if bool(unseen.all()):
                     raise PipelineError(
@@ -301,7 +304,6 @@ def propagate_fill(
                         "nothing to fill it from; check its mask (inverted or blank white?)"
                     )
                 filled = telea_fill(filled, unseen, cfg.telea_radius)
-            check_finite_result(filled, f"images: frame {t}", "check the node or files that made the frames")
             if sink is not None:
                 sink(t, filled, unseen)
             else:

@@ -979,6 +979,11 @@ CLI_ERRORS: list[tuple[str, Callable[[Path], list[str]], str]] = [
         r"--out: cannot write images with the extension '\.xyz'",
     ),
     (
+        "refine-out-under-file",
+        lambda d: _refine(d)[:-3] + [str(d / "a_file" / "out.png"), "--n-iters", "0"],
+        r"--out: cannot create the folder '.*a_file' \('.*a_file' is a file\)",
+    ),
+    (
         "refine-out-folder",
         lambda d: _refine(d)[:-3] + [str(d / "folder"), "--n-iters", "0"],
         r"--out: '.*folder' is a folder",
@@ -1009,9 +1014,9 @@ CLI_ERRORS: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("queue-workflow-not-json", lambda d: ["queue", str(d / "not_json.json")], r"workflow: '.*' is not JSON"),
     ("queue-workflow-list", lambda d: ["queue", str(d / "list.json")], r"workflow: '.*' holds a list"),
     (
-        "queue-set-syntax",
-        lambda d: ["queue", str(d / "list.json").replace("list", "nope"), "--set", "x"],
-        r"workflow: ",
+        "queue-set-unknown-node",
+        lambda d: ["queue", _api_workflow(d), "--set", "9.frames=x"],
+        r"--set 9\.frames=x: the workflow has no node '9' \(its nodes: 1\)",
     ),
     (
         "queue-set-no-equals",
@@ -1057,7 +1062,7 @@ CLI_ERRORS: list[tuple[str, Callable[[Path], list[str]], str]] = [
             "--device",
             "cpu",
         ],
-        r"--width/--height: size 128x128 is not|--width/--height: size .* not a multiple",
+        r"--width/--height: size 100x\d+ is not a multiple of 64",
     ),
     (
         "inbetween-out-is-file",
