@@ -217,16 +217,14 @@ def _fmt(v: float, full: float) -> str:
     return f"{v:.3g}" if full <= 1.0 else f"{v:.1f}".removesuffix(".0")
 
 
-def _binarize(
-    values: Sequence[MaskValues], threshold: float, what: str, notes: list[str]
-) -> list[np.ndarray]:
-    """Binarise every mask of a clip at one threshold from the clip's value range; note it."""
+def _cut(values: Sequence[MaskValues], threshold: float, what: str, notes: list[str]) -> float:
+    """The one threshold of a clip's masks, as a fraction of the full scale (a value is a hole above
+    ``fraction * mv.full``), from the clip's value range; noted, with a note when no value is above."""
     fulls = {mv.full for mv in values}
     full = fulls.pop() if len(fulls) == 1 else 1.0  # the files' scale, or fractions when they differ
     lo = min(float(mv.values.min()) / mv.full for mv in values) * full
     hi = max(float(mv.values.max()) / mv.full for mv in values) * full
     cut = threshold_value(lo, hi, full, threshold)
-    out = [mv.values > cut * mv.full / full for mv in values]
     if threshold <= 0:
         note(notes, f"masks: {what}: any non-zero value is a hole (mask_threshold 0)")
     else:
@@ -242,9 +240,17 @@ def _binarize(
             f"masks: {what}: a pixel is a hole where its value is above {_fmt(cut, full)} of "
             f"0..{_fmt(full, full)} (mask_threshold {how})",
         )
-    if not any(b.any() for b in out):
+    if hi <= cut:
         note(notes, f"masks: no value of {what} is above the threshold; nothing will be filled")
-    return out
+    return cut / full
+
+
+def _binarize(
+    values: Sequence[MaskValues], threshold: float, what: str, notes: list[str]
+) -> list[np.ndarray]:
+    """Every mask of a clip binarised at the clip's one threshold (see :func:`_cut`)."""
+    frac = _cut(values, threshold, what, notes)
+    return [mv.values > frac * mv.full for mv in values]
 
 
 def load_masks(
@@ -434,11 +440,12 @@ def _masks_from_folder(
         values.append(mv)
     resized.notes(size, notes)
     kinds.notes(threshold, notes)
-    holes = dict(zip(unique, _binarize(values, threshold, f"the masks in '{folder.name}'", notes)))
-    del values
+    frac = _cut(values, threshold, f"the masks in '{folder.name}'", notes)
+    by_file = dict(zip(unique, values))
     out = torch.empty((t, *size), dtype=torch.bool)
-    for k, f in enumerate(plan):
-        out[k] = torch.from_numpy(holes[f])
+    for k, f in enumerate(plan):  # binarised into the output: one more byte per pixel, not two
+        mv = by_file[f]
+        out[k] = torch.from_numpy(mv.values > frac * mv.full)
     return out
 
 
@@ -463,26 +470,26 @@ def check_holes(
     """
     check_shape(masks, "T,H,W", "masks")
     notes: list[str] = []
-    t = int(masks.shape[0])
-    keep = [i for i in range(t) if i not in set(int(s) for s in skip)]
-    if not keep:
+    t, h, w = (int(x) for x in masks.shape)
+    skipped = {int(s) for s in skip}
+    keep = [i for i in range(t) if i not in skipped]
+    # Frame by frame: no temporary the size of the clip.
+    shares, borders = [], []
+    for i in keep:
+        hole = masks[i] > 0.5
+        shares.append(float(hole.sum()) / (h * w))
+        if h > 2 and w > 2:
+            edge = int(hole[0].sum() + hole[-1].sum() + hole[1:-1, 0].sum() + hole[1:-1, -1].sum())
+            borders.append(edge / (2 * w + 2 * (h - 2)))
+    if not any(shares):
         return notes
-    hole = masks[keep] > 0.5
-    if not bool(hole.any()):
-        return notes
-    share = hole.flatten(1).float().mean(dim=1)
+    share = torch.tensor(shares)
     mean = float(share.mean())
     lo, hi = float(share.min()), float(share.max())
+    border_share = sum(borders) / len(borders) if borders else 0.0
     where = "the image" if t == 1 else "the pixels"
     spread = "" if t == 1 else f" (per frame {lo:.1%} to {hi:.1%})"
     note(notes, f"masks: the hole covers {mean:.1%} of {where}{spread}")
-    if hole.shape[1] > 2 and hole.shape[2] > 2:
-        border = torch.cat(
-            [hole[:, 0, :], hole[:, -1, :], hole[:, 1:-1, 0], hole[:, 1:-1, -1]], dim=1
-        ).float()
-        border_share = float(border.mean())
-    else:
-        border_share = 0.0
     if mean > 0.5 or border_share > 0.9:
         why = f"the hole covers {mean:.1%} of {where}" if mean > 0.5 else "the hole covers the frame border"
         fix = (
@@ -491,12 +498,12 @@ def check_holes(
             else "if the masks mark the object in black on white, set invert_mask"
         )
         warn(notes, f"masks: {why}, so the masks may be inverted (the hole is where they are white); {fix}")
-    large = [keep[i] for i in torch.nonzero(share >= LARGE_HOLE).flatten().tolist()]
+    large = torch.nonzero(share >= LARGE_HOLE).flatten().tolist()  # positions in `keep`
     if large and not allow_large_holes:
-        worst = max(large, key=lambda i: float(share[keep.index(i)]))
+        worst = max(large, key=lambda j: shares[j])
         others = f" ({len(large)} frames have a hole of {LARGE_HOLE:.0%} or more)" if len(large) > 1 else ""
         raise PipelineError(
-            f"masks: the hole covers {float(share[keep.index(worst)]):.1%} of {_frame_label(worst, names)}"
+            f"masks: the hole covers {shares[worst]:.1%} of {_frame_label(keep[worst], names)}"
             f"{others}, leaving almost nothing to fill it from. Check that the masks are not inverted "
             "(invert_mask) and that noise or a faint background is not read as hole (mask_threshold); "
             "set allow_large_holes to fill such frames anyway"
