@@ -132,6 +132,16 @@ _ALLOWED = {
 }
 
 
+def _read_record(archive: zipfile.ZipFile, name: str) -> bytes:
+    """A record of the archive; refused when it would inflate to more than the whole file holds
+    (TorchScript stores tensors uncompressed, so only a crafted file has such a record)."""
+    info = archive.getinfo(name)
+    on_disk = os.path.getsize(archive.filename) if archive.filename else info.compress_size
+    if info.file_size > 2 * on_disk + (1 << 20):
+        raise pickle.UnpicklingError(f"record {name} inflates to {info.file_size} bytes")
+    return archive.read(info)
+
+
 class _ScriptUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str) -> None:
         super().__init__(io.BytesIO(data))
@@ -159,7 +169,7 @@ class _ScriptUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"bad storage {pid!r:.80}")
         key = str(key)
         if key not in self.storages:
-            raw = self.archive.read(f"{self.prefix}/data/{key}")
+            raw = _read_record(self.archive, f"{self.prefix}/data/{key}")
             itemsize = torch.empty((), dtype=kind.dtype).element_size()
             if len(raw) < numel * itemsize:
                 raise pickle.UnpicklingError(f"record data/{key} is shorter than its {numel} elements")
@@ -174,7 +184,9 @@ def _declared_tensors(archive: zipfile.ZipFile, prefix: str, qualname: str) -> s
     None when the class's code is not found (all its tensor attributes are kept then)."""
     module, _, cls = qualname.rpartition(".")
     try:
-        text = archive.read(f"{prefix}/code/{module.replace('.', '/')}.py").decode("utf-8", "replace")
+        text = _read_record(archive, f"{prefix}/code/{module.replace('.', '/')}.py").decode(
+            "utf-8", "replace"
+        )
     except KeyError:
         return None
     m = re.search(rf"^class {re.escape(cls)}\b.*?(?=^class |\Z)", text, re.S | re.M)
@@ -198,9 +210,9 @@ def read_torchscript_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]
             raise pickle.UnpicklingError("no data.pkl in the archive")
         prefix = pkls[0][: -len("/data.pkl")]
         order = f"{prefix}/byteorder"
-        if order in z.namelist() and z.read(order).strip() != b"little":
+        if order in z.namelist() and _read_record(z, order).strip() != b"little":
             raise pickle.UnpicklingError("a big-endian archive; re-save it on a little-endian machine")
-        root = _ScriptUnpickler(z.read(pkls[0]), z, prefix).load()
+        root = _ScriptUnpickler(_read_record(z, pkls[0]), z, prefix).load()
         out: dict[str, torch.Tensor] = {}
         declared: dict[str, set[str] | None] = {}
         seen: set[int] = set()

@@ -265,6 +265,13 @@ def test_torchscript_reader_refuses_other_globals(tmp_path, models):
             z.writestr(n, evil if n.endswith("/data.pkl") else src.read(n))
     with pytest.raises(PipelineError, match=r"^model: cannot read 'evil\.pt'.*os\.system is not allowed"):
         read_weights(out)
+    # A record that inflates far beyond the file (a zip bomb) is refused before it is read.
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        for n in src.namelist():
+            z.writestr(n, b"\0" * (8 << 20) if n.endswith("/data/0") else src.read(n))
+    with pytest.raises(PipelineError, match=r"^model: cannot read 'bomb\.pt'.*inflates to 8388608 bytes"):
+        read_weights(bomb)
 
 
 # ------------------------------------------------------------------------------------------------
