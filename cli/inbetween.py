@@ -10,21 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
+from .checks import compute_device, output_folder
 from .progress import progress_printer
 
 
 def _device_and_dtype(args):
-    import torch
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = compute_device(args.device)
     dtype = args.dtype
     if dtype == "auto":
-        dtype = "fp16" if device.startswith("cuda") else "fp32"
-    return torch.device(device), dtype
+        dtype = "fp16" if device.type == "cuda" else "fp32"
+    return device, dtype
 
 
 def _add_model_args(p: argparse.ArgumentParser, reverse: bool = True) -> None:
@@ -58,6 +54,7 @@ def cmd_inbetween(args) -> int:
     keys = [load_image_tensor(resolve_user_path(p, [], what="keyframe")) for p in paths]
     keys = fit_keyframes(keys, args.width, args.height, "--width/--height")
     th, tw = keys[0].shape[:2]
+    out = output_folder(args.out)
     model = load_inbetween_model(
         args.svd, args.reverse or None, args.base or None, dtype, args.config_dir or None
     )
@@ -90,7 +87,6 @@ def cmd_inbetween(args) -> int:
         offload_device="cpu" if args.offload else None,
     )
     dt = time.perf_counter() - t0
-    out = Path(args.out)
     names = [f"{t:05d}" for t in range(result.frames.shape[0])]
     save_frames(result.frames, out, names)
     video = write_video(result.frames, out / "result.mp4", args.video_fps or float(args.fps))

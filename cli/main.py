@@ -12,6 +12,7 @@ import sys
 
 from ..pipelines.errors import PipelineError
 from . import inbetween, queue, refine, remove, two_stream
+from .progress import end_line
 
 # In the order ``--help`` lists them.
 COMMAND_GROUPS = (remove, two_stream, refine, inbetween, queue)
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PipelineError as e:
+        end_line()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,7 +21,14 @@ def register(sub) -> None:
         "--model", required=True, help="LaMa weights: best.ckpt, generator .safetensors or big-lama.pt"
     )
     p.add_argument("--image", required=True, help="image to inpaint")
-    p.add_argument("--mask", required=True, help="mask image (non-zero / white = hole)")
+    p.add_argument("--mask", required=True, help="mask image (white = hole; see --mask-threshold)")
+    p.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=0.5,
+        help="mask values above this fraction of the way from the darkest to the brightest are the hole "
+        "(0.5 = half-way; 0 = any non-zero value)",
+    )
     p.add_argument("--out", required=True, help="output image file (.png, .jpg ...)")
     p.add_argument("--guide", default="", help="optional inpainted image used as the coarsest scale")
     p.add_argument("--n-iters", type=int, default=15, help="passes per refined scale; 0 = plain LaMa")
@@ -52,37 +59,28 @@ def register(sub) -> None:
 
 
 def cmd_refine(args) -> int:
-    import sys
     import time
-    from pathlib import Path
 
     import torch
 
     from ..pipelines.checks import parse_dtype
-    from ..pipelines.clip import fit_mask, load_image_tensor, read_mask_file, save_frames
-    from ..pipelines.errors import PipelineError
+    from ..pipelines.clip import check_holes, load_image_tensor, load_masks, resolve_user_path, save_frames
     from ..pipelines.refine.lama import load_lama
     from ..pipelines.refine.multiscale import RefineConfig, refine_frames
+    from .checks import compute_device, output_image, print_notes
     from .progress import progress_printer
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise PipelineError(f"--device: {e}") from e
+    device = compute_device(args.device)
+    target = output_image(args.out)
     dtype = parse_dtype(args.dtype, "--dtype")
     image = load_image_tensor(args.image, "image")
     h, w = image.shape[:2]
-    mask = read_mask_file(args.mask)
-    if mask.shape != (h, w):
-        print(
-            f"note: mask resized from {mask.shape[1]}x{mask.shape[0]} to {w}x{h} (nearest)", file=sys.stderr
-        )
-        mask = fit_mask(mask, (h, w))
+    mask_path = resolve_user_path(args.mask, [], what="mask")
+    masks, notes = load_masks(mask_path, 1, (h, w), threshold=args.mask_threshold)
+    notes += check_holes(masks, allow_large_holes=True)
+    print_notes(notes)
     guide = load_image_tensor(args.guide, "guide")[None] if args.guide else None
     cfg = RefineConfig(
         n_iters=args.n_iters,
@@ -104,7 +102,7 @@ def cmd_refine(args) -> int:
     out = refine_frames(
         model,
         image[None],
-        torch.from_numpy(mask.astype("float32"))[None],
+        masks,
         cfg,
         guides=guide,
         progress=progress_printer("refine"),
@@ -112,9 +110,7 @@ def cmd_refine(args) -> int:
         restore_size=not args.working_size,
     )
     dt = time.perf_counter() - t0
-    target = Path(args.out)
-    ext = target.suffix or ".png"
-    (written,) = save_frames(out, target.parent if str(target.parent) else Path("."), [target.stem], ext)
+    (written,) = save_frames(out, target.parent, [target.stem], target.suffix)
     oh, ow = out.shape[1:3]
     print(f"wrote {written} ({ow}x{oh}) in {dt:.1f} s")
     return 0

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from .checks import compute_device, output_folder, print_notes
 from .progress import progress_printer
 
 
@@ -41,6 +42,9 @@ def cmd_remove(args) -> int:
     from ..pipelines.flow import FlowEstimator
     from ..pipelines.propagate import PackedState, Resume, propagate_fill
 
+    output_folder(args.out, create=False)  # refused now, made once the inputs are read
+    if args.model:  # refused before the clip is read
+        args.device = str(compute_device(args.device or "auto"))
     clip = open_clip(
         resolve_user_path(args.frames, [], what="frames"),
         resolve_user_path(args.masks, [], what="masks") if args.masks else None,
@@ -52,14 +56,11 @@ def cmd_remove(args) -> int:
         height=args.height,
         invert_mask=args.invert_mask,
         edited=[load_image_tensor(resolve_user_path(p, [], what="edited")) for p in args.edited] or None,
+        mask_threshold=args.mask_threshold,
+        allow_large_holes=args.allow_large_holes,
     )
-    for n in clip.notes:
-        print(f"note: {n}", file=sys.stderr)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        from ..pipelines.errors import PipelineError
-
-        raise PipelineError(f"--out: '{out}' is a file; give a folder for the frames and result.mp4")
+    print_notes(clip.notes)
+    out = output_folder(args.out)
     cfg = _config_from_args(args)
     writer = ClipWriter(out, clip.names, clip.fps or args.fps, _fingerprint(args, clip), "result.mp4")
     T = len(clip)
@@ -69,8 +70,8 @@ def cmd_remove(args) -> int:
     if writer.start:
         print(f"resuming at frame {writer.start} of {T}: {out} holds an interrupted run", file=sys.stderr)
     resume = Resume(writer.start, PackedState.from_tensors(writer.state)) if writer.start else None
-    window = (args.generate_every if args.model else cfg.chunk) + cfg.lookahead + 2
-    frames, masks, edited = clip.frames(window), clip.masks(window), clip.keyframes.edited
+    reach = (args.generate_every if args.model else cfg.chunk) + cfg.lookahead + 2
+    frames, masks, edited = clip.frames(reach), clip.masks(), clip.keyframes.edited
 
     def sink(t, filled, unseen):
         writer.write(t, filled)
@@ -113,7 +114,7 @@ def _fingerprint(args, clip) -> str:
     from ..pipelines.clip import fingerprint_paths
 
     keys = ("chunk", "lookahead", "mask_dilation", "consistency", "telea_radius", "preset", "model", "dtype")
-    keys += ("generate_every", "keyframe_offsets", "work_long_side", "keyframes")
+    keys += ("generate_every", "keyframe_offsets", "work_long_side", "keyframes", "device")
     h = hashlib.sha256(clip.fingerprint().encode())
     h.update(repr([(k, getattr(args, k, None)) for k in keys]).encode())
     if args.model:
@@ -123,14 +124,12 @@ def _fingerprint(args, clip) -> str:
 
 def _remove_with_model(args, frames, masks, edited, sink, resume=None, on_chunk=None) -> None:
     """``remove --model``: the two-stream video protocol (as TwoStreamInpaint with a model)."""
-    import torch
-
     from ..pipelines.checks import parse_dtype
     from ..pipelines.flow import FlowEstimator
     from ..pipelines.two_stream.io import config_name, load_two_stream
     from ..pipelines.two_stream.video import TwoStreamVideoConfig, parse_offsets, remove_with_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device
     model = load_two_stream(args.model, device=device, dtype=parse_dtype(args.dtype, "--dtype"))
     print(
         f"model: {Path(args.model).name} ({config_name(model.config)}) on {device}, {args.dtype}",
@@ -223,6 +222,16 @@ def register(sub) -> None:
     r.add_argument("--width", type=int, default=0)
     r.add_argument("--height", type=int, default=0)
     r.add_argument("--invert-mask", action="store_true")
+    r.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=0.5,
+        help="mask values above this fraction of the way from the darkest to the brightest are the hole "
+        "(0.5 = half-way; 0 = any non-zero value)",
+    )
+    r.add_argument(
+        "--allow-large-holes", action="store_true", help="fill frames whose hole covers 95%% or more"
+    )
     r.add_argument("--fps", type=float, default=24.0, help="MP4 frame rate when the source has none")
     _add_propagation_args(r)
     r.add_argument(

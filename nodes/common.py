@@ -6,7 +6,7 @@ Everything that touches ComfyUI lives in ``nodes/``; the maths is in ``pipelines
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import torch
 from comfy_api.latest import io
 
 from ..pipelines.checks import DTYPES, parse_dtype
-from ..pipelines.errors import PipelineError
+from ..pipelines.errors import PipelineError, short_list
 
 # Custom types, declared once for every node of the pack.
 Keyframes = io.Custom("KEYFRAMES")
@@ -60,7 +60,10 @@ def model_file(folder: str, model_name: str, hint: str, what: str = "model_name"
     """
     if not model_name or model_name == NO_MODEL:
         raise PipelineError(f"{what}: no file in models/{folder}; {hint}")
-    return folder_paths.get_full_path_or_raise(folder, model_name)
+    path = folder_paths.get_full_path(folder, model_name)
+    if path is None:
+        raise PipelineError(f"{what}: '{model_name}' not found in models/{folder}; {hint}")
+    return path
 
 
 def torch_dtype(dtype: str) -> torch.dtype:
@@ -217,6 +220,58 @@ def current_node_id() -> str | None:
     return None if ctx is None else str(ctx.node_id)
 
 
+# Default of a socket input in a node's ``validate_inputs``: ComfyUI passes None for a connected input
+# (its value is not known before the run) and nothing for an unconnected optional one.
+NOT_CONNECTED = object()
+
+
+def check_widgets(node_cls, values: Mapping[str, object], skip: tuple[str, ...] = ()) -> None:
+    """ComfyUI's own checks of widget values (number ranges, dropdown options), for the inputs a
+    node's ``validate_inputs`` declares: ComfyUI skips its range checks for those inputs, and in this
+    version checks no V3 dropdown at all. Values of connected inputs (None) are not checked."""
+    specs = {i.id: i for i in node_cls.define_schema().inputs}  # GET_SCHEMA sets class attributes
+    for name, value in values.items():
+        spec = specs.get(name)
+        if value is None or value is NOT_CONNECTED or spec is None or name in skip:
+            continue
+        if isinstance(spec, io.Combo.Input) and spec.options:
+            if value not in spec.options:
+                raise PipelineError(f"{name}: {value!r} is not one of {short_list(list(spec.options), 8)}")
+        elif isinstance(spec, (io.Int.Input, io.Float.Input)):
+            kind = "a whole number" if isinstance(spec, io.Int.Input) else "a number"
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PipelineError(f"{name}: {value!r} is not {kind}")
+            if isinstance(spec, io.Int.Input) and value != int(value):
+                raise PipelineError(f"{name}: {value!r} is not {kind}")
+            if spec.min is not None and value < spec.min:
+                raise PipelineError(f"{name}: {value!r} is below the minimum {spec.min}")
+            if spec.max is not None and value > spec.max:
+                raise PipelineError(f"{name}: {value!r} is above the maximum {spec.max}")
+
+
+def validation(node_cls, values: Mapping[str, object], *checks: Callable[[], object], skip=()) -> bool | str:
+    """A node's ``validate_inputs`` answer: True, or the first problem's message (ComfyUI then refuses
+    the prompt at queue time, HTTP 400 with the node's errors). Checks the widget values
+    (:func:`check_widgets`), then runs ``checks`` (each raises PipelineError on a problem)."""
+    try:
+        check_widgets(node_cls, values, skip)
+        for check in checks:
+            check()
+    except PipelineError as e:
+        return str(e)
+    return True
+
+
+def widget_values(args: Mapping[str, object]) -> dict[str, object]:
+    """A ``validate_inputs``' arguments (its ``locals()`` on entry) without ``cls``."""
+    return {k: v for k, v in args.items() if k != "cls"}
+
+
+def given(value: object) -> bool:
+    """Whether a ``validate_inputs`` value is known now (not a connected or an absent input)."""
+    return value is not None and value is not NOT_CONNECTED
+
+
 def input_roots() -> list[str]:
     """Folders LoadKeyframes may read from: ComfyUI's input and output folders."""
     return [folder_paths.get_input_directory(), folder_paths.get_output_directory()]
@@ -227,13 +282,16 @@ __all__ = [
     "Clip",
     "ComfyProgress",
     "DTYPES",
+    "NOT_CONNECTED",
     "NO_MODEL",
     "Flow",
     "Keyframes",
     "PipelineError",
     "TwoStreamModel",
+    "check_widgets",
     "comfy_progress",
     "current_node_id",
+    "given",
     "input_roots",
     "model_file",
     "model_files",
@@ -243,4 +301,6 @@ __all__ = [
     "saved_result",
     "register_model_folders",
     "torch_dtype",
+    "validation",
+    "widget_values",
 ]

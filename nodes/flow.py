@@ -10,11 +10,23 @@ from ..pipelines.clip import LazyClip
 from ..pipelines.errors import PipelineError
 from ..pipelines.flow import FlowEstimator, compute_flows, flow_to_color
 from ..pipelines.ops import fit_size
-from .common import CATEGORY, Clip, Flow, Keyframes, comfy_progress, model_file, model_files
+from .common import (
+    CATEGORY,
+    Clip,
+    Flow,
+    Keyframes,
+    comfy_progress,
+    given,
+    model_file,
+    model_files,
+    validation,
+    widget_values,
+)
 from .preview import flow_ui
 
 # Frames of a streamed clip whose flow the node previews (the clip's flow is computed where it is used).
 _STREAM_PREVIEW_FRAMES = 8
+_RAFT_HINT = "put a torchvision RAFT state dict (.pth or .safetensors) in ComfyUI/models/optical_flow"
 
 
 class FlowEstimate(io.ComfyNode):
@@ -24,8 +36,8 @@ class FlowEstimate(io.ComfyNode):
             node_id="KFP_FlowEstimate",
             display_name="Flow Estimate",
             category=CATEGORY,
-            # An output node: its preview is shown again when ComfyUI reuses the cached result.
-            is_output_node=True,
+            # Not an output node: a graph whose outputs are broken must fail as a whole, not run
+            # this part and report success. Its preview is shown whenever it runs.
             description=(
                 "Forward and backward optical flow between consecutive frames (and, on request, between "
                 "each frame and the keyframes), their forward-backward consistency, and flow completed "
@@ -127,6 +139,23 @@ class FlowEstimate(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(
+        cls,
+        backend: str | None = "dis",
+        preset: str | None = "medium",
+        raft_model: str | None = "none",
+    ) -> bool | str:
+        """Checked at queue time: the dropdowns and that RAFT has a weights file (ComfyUI checks the
+        number ranges of the inputs not declared here)."""
+        values = widget_values(locals())
+
+        def raft() -> None:
+            if backend == "raft" and given(raft_model):
+                model_file("optical_flow", str(raft_model), _RAFT_HINT, "raft_model")
+
+        return validation(cls, values, raft, skip=("raft_model",))
+
+    @classmethod
     def execute(
         cls,
         backend: str,
@@ -158,12 +187,7 @@ class FlowEstimate(io.ComfyNode):
         work = fit_size(H, W, work_width, work_height, 8) if (work_width or work_height) else None
         weights = None
         if backend == "raft":
-            weights = model_file(
-                "optical_flow",
-                raft_model,
-                "put a torchvision RAFT state dict (.pth or .safetensors) in ComfyUI/models/optical_flow",
-                "raft_model",
-            )
+            weights = model_file("optical_flow", raft_model, _RAFT_HINT, "raft_model")
         est = FlowEstimator(backend, preset, work_size=work, raft_weights=weights, raft_iters=raft_iters)
         if masks is not None:
             masks = as_masks(masks, images.shape[0], (H, W), "masks")

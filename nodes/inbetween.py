@@ -19,7 +19,16 @@ from comfy_api.latest import io, ui
 
 from ..pipelines.errors import PipelineError
 from ..pipelines.svd.folders import is_svd_folder, is_unet_folder
-from .common import CATEGORY, NO_MODEL, Keyframes, comfy_progress, on_compute_device
+from .common import (
+    CATEGORY,
+    NO_MODEL,
+    Keyframes,
+    comfy_progress,
+    given,
+    on_compute_device,
+    validation,
+    widget_values,
+)
 from .preview import clip_preview
 
 log = logging.getLogger("keyframe_propagation")
@@ -27,6 +36,11 @@ log = logging.getLogger("keyframe_propagation")
 SVDInbetweenModel = io.Custom("SVD_INBETWEEN_MODEL")
 
 REVERSE_FOLDER = "reverse_motion"  # registered with the other model folders (common.MODEL_FOLDERS)
+
+_NO_SVD = (
+    "svd_model: no SVD found; put stable-video-diffusion-img2vid-xt (diffusers folder) in "
+    "models/diffusers or svd_xt.safetensors in models/checkpoints"
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,16 +179,34 @@ class ReverseSVDLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(
+        cls,
+        svd_model: str | None = "",
+        reverse_weights: str | None = NO_MODEL,
+        base_unet: str | None = NO_MODEL,
+        dtype: str | None = "fp16",
+    ) -> bool | str:
+        """Checked at queue time: the model files exist and the dtype is one of the options."""
+
+        def files() -> None:
+            if given(svd_model):
+                if not svd_model or svd_model == NO_MODEL:
+                    raise PipelineError(_NO_SVD)
+                resolve_option(str(svd_model), "svd_model")
+            for name, value in (("reverse_weights", reverse_weights), ("base_unet", base_unet)):
+                if given(value) and value and value != NO_MODEL:
+                    resolve_option(str(value), name)
+
+        return validation(cls, {"dtype": dtype}, files)
+
+    @classmethod
     def execute(
         cls, svd_model: str, reverse_weights: str, base_unet: str, dtype: str, offload: bool
     ) -> io.NodeOutput:
         from ..pipelines.svd.loading import load_reverse, load_svd
 
         if not svd_model or svd_model == NO_MODEL:
-            raise PipelineError(
-                "svd_model: no SVD found; put stable-video-diffusion-img2vid-xt (diffusers folder) in "
-                "models/diffusers or svd_xt.safetensors in models/checkpoints"
-            )
+            raise PipelineError(_NO_SVD)
         model = load_svd(resolve_option(svd_model, "svd_model"), dtype)
         if reverse_weights and reverse_weights != NO_MODEL:
             base = resolve_option(base_unet, "base_unet") if base_unet and base_unet != NO_MODEL else None
@@ -190,8 +222,8 @@ class DualDirectionalSampler(io.ComfyNode):
             node_id="KFP_DualDirectionalSampler",
             display_name="Dual-Directional Sampler",
             category=CATEGORY,
-            # An output node: its preview is shown again when ComfyUI reuses the cached result.
-            is_output_node=True,
+            # Not an output node: a graph whose outputs are broken must fail as a whole, not run
+            # this part and report success. Its preview is shown whenever it runs.
             description=(
                 "Generates the frames between keyframes: SVD runs forward from the first keyframe and the "
                 "reverse-motion model backward from the last, sharing temporal attention maps, and the two "
@@ -324,6 +356,34 @@ class DualDirectionalSampler(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        num_frames: int | None = 0,
+        width: int | None = 0,
+        height: int | None = 0,
+        fusion: str | None = "average",
+        mode: str | None = "fused",
+    ) -> bool | str:
+        """Checked at queue time: the dropdowns (fusion, mode), the size (multiples of 64) and
+        num_frames (ComfyUI checks the other inputs' number ranges)."""
+        values = widget_values(locals())
+
+        def size() -> None:
+            for name, v in (("width", width), ("height", height)):
+                if given(v) and int(v) % 64:
+                    lo = max(64, int(v) // 64 * 64)
+                    raise PipelineError(
+                        f"{name}: {v} is not a multiple of 64 (SVD's latents); "
+                        f"use for example {lo} or {lo + 64}"
+                    )
+            if given(num_frames) and int(num_frames) == 1:
+                raise PipelineError(
+                    "num_frames: a segment needs at least 2 frames (its keyframes); 0 = default"
+                )
+
+        return validation(cls, values, size)
 
     @classmethod
     def execute(

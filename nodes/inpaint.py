@@ -24,8 +24,10 @@ from .common import (
     Keyframes,
     TwoStreamModel,
     comfy_progress,
+    given,
     module_bytes,
     on_compute_device,
+    validation,
 )
 from .output import ClipOutput, job_fingerprint, module_fingerprint, video_of
 from .preview import clip_preview
@@ -38,8 +40,8 @@ class TwoStreamInpaint(io.ComfyNode):
             node_id="KFP_TwoStreamInpaint",
             display_name="Two-Stream Inpaint",
             category=CATEGORY,
-            # An output node: its preview is shown again when ComfyUI reuses the cached result.
-            is_output_node=True,
+            # Not an output node: a graph whose outputs are broken must fail as a whole, not run
+            # this part and report success. Its preview is shown whenever it runs.
             description=(
                 "Removes the masked region from every frame. Without a model: each hole pixel is taken "
                 "from the nearest frames where it is visible (edited keyframes first) by following "
@@ -176,6 +178,14 @@ class TwoStreamInpaint(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        keyframe_offsets: str | None = "-40,-20,-10,10,20,40",
+    ) -> bool | str:
+        """Checked at queue time: the keyframe_offsets syntax (ComfyUI checks the number ranges)."""
+        return validation(cls, {}, lambda: given(keyframe_offsets) and parse_offsets(str(keyframe_offsets)))
 
     @classmethod
     def execute(

@@ -8,12 +8,33 @@ from pathlib import Path
 import torch
 from comfy_api.latest import io, ui
 
-from ..pipelines.clip import LazyClip, fingerprint_paths, open_clip, resolve_user_path
+from ..pipelines.clip import (
+    LazyClip,
+    check_holes,
+    check_keyframe_syntax,
+    check_resize,
+    fingerprint_paths,
+    open_clip,
+    resolve_user_path,
+)
 from ..pipelines.errors import PipelineError
-from .common import CATEGORY, Clip, Keyframes, comfy_progress, current_node_id, input_roots
+from .common import (
+    CATEGORY,
+    NOT_CONNECTED,
+    Clip,
+    Keyframes,
+    comfy_progress,
+    current_node_id,
+    given,
+    input_roots,
+    validation,
+    widget_values,
+)
 from .preview import filmstrip_ui
 
 log = logging.getLogger("keyframe_propagation")
+
+_NO_FRAMES = "frames: give a folder or video under the input folder, or connect 'images' or 'video'"
 
 
 class LoadKeyframes(io.ComfyNode):
@@ -23,8 +44,8 @@ class LoadKeyframes(io.ComfyNode):
             node_id="KFP_LoadKeyframes",
             display_name="Load Keyframes",
             category=CATEGORY,
-            # An output node: its preview is shown again when ComfyUI reuses the cached result.
-            is_output_node=True,
+            # Not an output node: a graph whose outputs are broken must fail as a whole, not run
+            # this part and report success. Its filmstrip is shown whenever it runs.
             description=(
                 "Loads a clip (frame folder, video file or IMAGE batch), its masks (1 = region to fill) "
                 "and the keyframe indices that the other nodes of the pack propagate from."
@@ -40,8 +61,9 @@ class LoadKeyframes(io.ComfyNode):
                     "masks",
                     default="",
                     tooltip="Folder of masks (one per frame, matched by file name, else by order) or one "
-                    "mask image used for every frame, relative to the input folder. Non-zero = region to "
-                    "fill. Empty: use the 'mask' input, else the frames' alpha channel, else no hole.",
+                    "mask image used for every frame, relative to the input folder. White = region to "
+                    "fill (see mask_threshold). Empty: use the 'mask' input, else the frames' alpha "
+                    "channel, else no hole.",
                 ),
                 io.String.Input(
                     "keyframes",
@@ -121,6 +143,24 @@ class LoadKeyframes(io.ComfyNode):
                     "(connect 'clip'), never the whole clip in memory. The frames and masks outputs then "
                     "hold the keyframes only. Off: the whole clip is decoded into the IMAGE output.",
                 ),
+                io.Float.Input(
+                    "mask_threshold",
+                    default=0.5,
+                    min=0.0,
+                    max=0.99,
+                    step=0.05,
+                    optional=True,
+                    tooltip="Where a mask value becomes hole: this fraction of the way from the clip's "
+                    "darkest to its brightest mask value (0.5 = half-way, so JPEG noise and feathered "
+                    "edges are handled). 0 = any non-zero value is a hole.",
+                ),
+                io.Boolean.Input(
+                    "allow_large_holes",
+                    default=False,
+                    optional=True,
+                    tooltip="Allow frames whose hole covers 95% or more of the frame (otherwise refused: "
+                    "such masks are usually inverted or noisy).",
+                ),
             ],
             outputs=[
                 io.Image.Output("frames_out", display_name="frames", tooltip="The frames (B,H,W,3)."),
@@ -140,6 +180,41 @@ class LoadKeyframes(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        frames: str | None = "",
+        masks: str | None = "",
+        keyframes: str | None = "0",
+        width: int | None = 0,
+        height: int | None = 0,
+        images=NOT_CONNECTED,
+        mask=NOT_CONNECTED,
+        video=NOT_CONNECTED,
+        mask_threshold: float | None = 0.5,
+    ) -> bool | str:
+        """Checked at queue time: the keyframe syntax, the sizes (multiples of 8), mask_threshold's
+        range and that the frame and mask paths exist unless 'images' / 'video' / 'mask' are connected
+        (ComfyUI checks the other inputs' number ranges)."""
+        values = widget_values(locals())
+
+        def paths() -> None:
+            if images is NOT_CONNECTED and video is NOT_CONNECTED and isinstance(frames, str):
+                if not frames.strip():
+                    raise PipelineError(_NO_FRAMES)
+                resolve_user_path(frames.strip(), input_roots(), what="frames")
+            if mask is NOT_CONNECTED and isinstance(masks, str) and masks.strip():
+                resolve_user_path(masks.strip(), input_roots(), what="masks")
+
+        def sizes() -> None:
+            check_resize(width if given(width) else 0, height if given(height) else 0)
+
+        def syntax() -> None:
+            if given(keyframes):
+                check_keyframe_syntax(str(keyframes))
+
+        return validation(cls, values, syntax, sizes, paths)
 
     @classmethod
     def fingerprint_inputs(cls, frames: str = "", masks: str = "", video=None, **kwargs) -> str:
@@ -175,6 +250,8 @@ class LoadKeyframes(io.ComfyNode):
         edited_keyframes: torch.Tensor | None = None,
         video=None,
         stream: bool = False,
+        mask_threshold: float = 0.5,
+        allow_large_holes: bool = False,
     ) -> io.NodeOutput:
         if images is not None:
             source = images
@@ -184,9 +261,7 @@ class LoadKeyframes(io.ComfyNode):
         elif frames.strip():
             source = resolve_user_path(frames.strip(), input_roots(), what="frames")
         else:
-            raise PipelineError(
-                "frames: give a folder or video under the input folder, or connect 'images' or 'video'"
-            )
+            raise PipelineError(_NO_FRAMES)
         if mask is not None:
             msrc = mask
         elif masks.strip():
@@ -204,6 +279,10 @@ class LoadKeyframes(io.ComfyNode):
             height=height,
             invert_mask=invert_mask,
             edited=edited_keyframes,
+            mask_threshold=mask_threshold,
+            allow_large_holes=allow_large_holes,
+            progress=None if images is not None else comfy_progress(),
+            holes=stream,
         )
         kf, notes = clip.keyframes, clip.notes
         T, idx, edited = kf.num_frames, kf.indices, kf.edited
@@ -214,6 +293,7 @@ class LoadKeyframes(io.ComfyNode):
             strip_frames, strip_masks = clip.frames(reach=1), clip.masks()
         else:
             out_frames, m = clip.materialize(progress=None if images is not None else comfy_progress())
+            notes += check_holes(m, kf.names, allow_large_holes, invert_mask, skip=edited)
             strip_frames, strip_masks = out_frames, m
         for n in notes:
             log.info("LoadKeyframes: %s", n)

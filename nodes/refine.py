@@ -21,13 +21,17 @@ from .common import (
     Clip,
     TwoStreamModel,
     comfy_progress,
+    given,
     model_file,
     model_files,
     module_bytes,
     on_compute_device,
     torch_dtype,
+    validation,
 )
 from .output import ClipOutput, job_fingerprint, module_fingerprint, video_of
+
+_LAMA_HINT = "put big-lama.pt (or Big-LaMa's best.ckpt) in ComfyUI/models/inpaint"
 
 # LaMa (and other inpainting networks that can be refined), from models/inpaint.
 InpaintModel = io.Custom("INPAINT_MODEL")
@@ -75,12 +79,19 @@ class InpaintModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model_name: str | None = "", dtype: str | None = "fp32") -> bool | str:
+        """Checked at queue time: the weights file exists and the dtype is one of the options."""
+        return validation(
+            cls,
+            {"dtype": dtype},
+            lambda: given(model_name) and model_file("inpaint", str(model_name), _LAMA_HINT),
+        )
+
+    @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        path = model_file(
-            "inpaint", model_name, "put big-lama.pt (or Big-LaMa's best.ckpt) in ComfyUI/models/inpaint"
-        )
+        path = model_file("inpaint", model_name, _LAMA_HINT)
         model = load_lama(path, device=mm.unet_offload_device(), dtype=torch_dtype(dtype))
         return io.NodeOutput(model)
 
@@ -261,6 +272,16 @@ class MultiscaleRefine(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        precision: str | None = "fp32",
+        output_size: str | None = "input",
+    ) -> bool | str:
+        """Checked at queue time: the dropdowns, which this ComfyUI does not check for V3 nodes
+        (it checks the number ranges)."""
+        return validation(cls, {"precision": precision, "output_size": output_size})
 
     @classmethod
     def execute(

@@ -11,7 +11,9 @@ from comfy_api.latest import io
 
 from ..pipelines.checks import DTYPES
 from ..pipelines.two_stream.io import load_two_stream
-from .common import CATEGORY, TwoStreamModel, model_file, model_files, torch_dtype
+from .common import CATEGORY, TwoStreamModel, given, model_file, model_files, torch_dtype, validation
+
+_HINT = "put a two-stream checkpoint (.ckpt or .safetensors) in ComfyUI/models/two_stream"
 
 
 class TwoStreamModelLoader(io.ComfyNode):
@@ -54,14 +56,19 @@ class TwoStreamModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model_name: str | None = "", dtype: str | None = "fp32") -> bool | str:
+        """Checked at queue time: the weights file exists and the dtype is one of the options."""
+        return validation(
+            cls,
+            {"dtype": dtype},
+            lambda: given(model_name) and model_file("two_stream", str(model_name), _HINT),
+        )
+
+    @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        path = model_file(
-            "two_stream",
-            model_name,
-            "put a two-stream checkpoint (.ckpt or .safetensors) in ComfyUI/models/two_stream",
-        )
+        path = model_file("two_stream", model_name, _HINT)
         model = load_two_stream(path, device=mm.unet_offload_device(), dtype=torch_dtype(dtype))
         return io.NodeOutput(model)
 

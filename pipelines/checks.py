@@ -1,8 +1,9 @@
 """Checks of the user's input, each raising a :class:`PipelineError` that names the input.
 
 One shape check (``check_shape``, after kornia's ``KORNIA_CHECK_SHAPE``), one mask normaliser for
-every node and pipeline that takes masks (``as_masks``), integer options (``check_int``) and weight
-precisions (``parse_dtype``).
+every node and pipeline that takes masks (``as_masks``), masks with nothing known
+(``check_known_pixels``), results that cannot be right (``check_finite_result``), integer options
+(``check_int``) and weight precisions (``parse_dtype``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,33 @@ def as_masks(
     return m.expand(n, -1, -1) if m.shape[0] != n else m
 
 
+def check_finite_result(x: torch.Tensor, what: str, hint: str) -> torch.Tensor:
+    """``x`` unchanged, or PipelineError ``"<what> has NaN or infinite values ...; <hint>"`` when a
+    result holds any: a black or NaN frame is never reported as a success."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise PipelineError(f"{what} has NaN or infinite values ({bad} of {x.numel()}); {hint}")
+    return x
+
+
+def check_known_pixels(masks, what: str = "masks", known_frames=()) -> None:
+    """Refuse masks ``(T, H, W)`` (1 = hole) with no known pixel in any frame: nothing can be filled
+    from them (the result would be the input unchanged). ``known_frames``: frames that count as fully
+    known whatever their mask (edited keyframes). Lazy mask sequences (not tensors) are not read."""
+    if not isinstance(masks, torch.Tensor) or masks.numel() == 0 or len(known_frames):
+        return
+    if float(masks.detach().amin()) > 0.5:  # no temporary the size of the clip
+        raise all_hole_error(what)
+
+
+def all_hole_error(what: str = "masks") -> PipelineError:
+    """The error for masks that leave no pixel of any frame known."""
+    return PipelineError(
+        f"{what}: every pixel of every frame is a hole, so nothing is known to fill them from; the "
+        "masks are probably inverted or blank white (check invert_mask and mask_threshold)"
+    )
+
+
 def check_int(value: object, name: str, minimum: int, hint: str) -> int:
     """``value`` as an int >= ``minimum`` (bools and fractions refused); ``hint`` says what to give."""
     try:
@@ -100,4 +128,12 @@ def parse_dtype(name: str | torch.dtype, what: str = "dtype") -> torch.dtype:
     return DTYPES[name]
 
 
-__all__ = ["DTYPES", "as_masks", "check_int", "check_shape", "parse_dtype"]
+__all__ = [
+    "DTYPES",
+    "as_masks",
+    "check_finite_result",
+    "check_int",
+    "check_known_pixels",
+    "check_shape",
+    "parse_dtype",
+]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import as_masks, check_shape
-from .errors import PipelineError
+from .errors import PipelineError, wh
 from .ops import dilate, resize_flow, warp
 from .progress import ProgressFn, report
 from .types import FlowSet
@@ -50,6 +50,8 @@ _BACKENDS = ("dis", "raft")
 # torchvision's RAFT builds a 4-level correlation pyramid on 1/8-resolution features and needs
 # feature maps of at least 16 pixels per side, i.e. inputs of at least 128 pixels per side.
 _RAFT_MIN_SIDE = 128
+# OpenCV's DIS refuses images whose longer side is under 12 px.
+_DIS_MIN_SIDE = 12
 # Hole pixels processed at once by the IDW fill: bounds the (pixels x samples) distance matrix.
 _FILL_CHUNK = 1 << 18
 _WEIGHTS_HINT = (
@@ -336,6 +338,12 @@ class FlowEstimator:
         H, W = int(a.shape[1]), int(a.shape[2])
         x = torch.cat((a, b)).permute(0, 3, 1, 2).float()  # (2N, 3, H, W)
         size = self.work_size or (H, W)
+        if self.backend == "dis" and max(size) < _DIS_MIN_SIDE:
+            at = f" (the working size of {wh(size)})" if self.work_size else ""
+            raise PipelineError(
+                f"images: frames of {wh((H, W))}{at} are too small for DIS optical flow, which needs one "
+                f"side of {_DIS_MIN_SIDE} px or more; use larger frames (or a larger work size)"
+            )
         x = _resize_images(x, size)
         xa, xb = x.chunk(2)
         flow = self._dis_flow(xa, xb) if self.backend == "dis" else self._raft_flow(xa, xb)

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from .checks import check_finite_result, check_known_pixels
 from .errors import PipelineError
 from .flow import FlowEstimator, complete_flow, fb_error, flow_pair
 from .ops import dilate, hole_box, warp
@@ -340,6 +341,7 @@ def propagate_fill(
         raise ValueError(f"resume: frame {start} is not the start of a chunk of {cfg.chunk}")
     edited_sorted = sorted({int(e) for e in edited if 0 <= int(e) < T})
     edited_set = set(edited_sorted)
+    check_known_pixels(masks, "masks", edited_sorted)
 
     # Holes of the frames in the window, kept as bool (a quarter of float32's memory).
     hole_cache: dict[int, torch.Tensor] = {}
@@ -411,7 +413,15 @@ def propagate_fill(
             bwd = _unpack(bwd_states.pop(t), frame(t), hole(t), t in edited_set)
             filled, unseen = _blend(fwd_state, bwd, frame(t), hole(t))
             del bwd
+            # Known and propagated pixels (the rest is filled below): NaN there is a broken input.
+            seen = torch.where(unseen[..., None] > 0, 0.0, filled)
+            check_finite_result(seen, f"images: frame {t}", "check the node or files that made the frames")
             if unseen.any():
+                if bool(unseen.all()):
+                    raise PipelineError(
+                        f"masks: frame {t} is all hole and no other frame shows any of it, so there is "
+                        "nothing to fill it from; check its mask (inverted or blank white?)"
+                    )
                 filled = telea_fill(filled, unseen, cfg.telea_radius)
             if sink is not None:
                 sink(t, filled, unseen)

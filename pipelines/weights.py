@@ -2,15 +2,19 @@
 
 One reader for the formats users keep: ``.safetensors`` (with its metadata), pickled torch files
 (``.ckpt``/``.pt``/``.pth``/``.bin``, always ``weights_only=True``; Lightning checkpoints' ``state_dict``
-entry) and TorchScript archives (their state dict). Plus prefix stripping and one report of how a
-state dict differs from the model's.
+entry) and TorchScript archives (their parameters and buffers, read by a restricted unpickler: none of
+the archive's code runs, unlike ``torch.jit.load``). Every floating-point tensor read is checked finite.
+Plus prefix stripping and one report of how a state dict differs from the model's.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import re
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -61,12 +65,210 @@ def is_torchscript(path: str | os.PathLike) -> bool:
         return False
 
 
+# ------------------------------------------------------------------------------------------------
+# TorchScript archives, read without running their code
+# ------------------------------------------------------------------------------------------------
+# torch.jit.load compiles the archive's code/ and runs it (a class's __setstate__ runs while loading),
+# so a crafted file can do anything. The tensors need none of it: data.pkl is a pickle of the module
+# objects (each a class named __torch__.<module>.<Class> with its attributes as state) whose tensors
+# point at the records data/<key>. A restricted unpickler builds inert stand-ins for the classes,
+# tensors from the records, and nothing else.
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
+
+
+class _ScriptObject:
+    """An object of a TorchScript class, as data: its qualified class name and its pickled state."""
+
+    qualname = ""
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+
+class _StorageType:
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_ignored) -> torch.Tensor:
+    if not isinstance(storage, torch.Tensor):
+        raise pickle.UnpicklingError("a tensor without storage")
+    return storage.as_strided(tuple(size), tuple(stride), int(offset))  # bounds are checked by torch
+
+
+def _rebuild_parameter(data, *_ignored) -> torch.Tensor:
+    if not isinstance(data, torch.Tensor):
+        raise pickle.UnpicklingError("a parameter that is not a tensor")
+    return data
+
+
+def _same(value, *_ignored):
+    return value
+
+
+# The only callables data.pkl may name (TorchScript's list/dict type helpers just return their input).
+_ALLOWED = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch.jit._pickle", "build_intlist"): _same,
+    ("torch.jit._pickle", "build_doublelist"): _same,
+    ("torch.jit._pickle", "build_boollist"): _same,
+    ("torch.jit._pickle", "build_tensorlist"): _same,
+    ("torch.jit._pickle", "restore_type_tag"): _same,
+}
+
+
+def _read_record(archive: zipfile.ZipFile, name: str) -> bytes:
+    """A record of the archive; refused when it would inflate to more than the whole file holds
+    (TorchScript stores tensors uncompressed, so only a crafted file has such a record)."""
+    info = archive.getinfo(name)
+    on_disk = os.path.getsize(archive.filename) if archive.filename else info.compress_size
+    if info.file_size > 2 * on_disk + (1 << 20):
+        raise pickle.UnpicklingError(f"record {name} inflates to {info.file_size} bytes")
+    return archive.read(info)
+
+
+class _ScriptUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix = archive, prefix
+        self.classes: dict[str, type] = {}
+        self.storages: dict[str, torch.Tensor] = {}
+
+    def find_class(self, module: str, name: str):
+        if module == "__torch__" or module.startswith("__torch__."):
+            qualname = f"{module}.{name}"
+            if qualname not in self.classes:
+                self.classes[qualname] = type(name, (_ScriptObject,), {"qualname": qualname})
+            return self.classes[qualname]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a TorchScript archive's data")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r:.80}")
+        _, kind, key, _location, numel = pid
+        if not isinstance(kind, _StorageType) or not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError(f"bad storage {pid!r:.80}")
+        key = str(key)
+        if key not in self.storages:
+            raw = _read_record(self.archive, f"{self.prefix}/data/{key}")
+            itemsize = torch.empty((), dtype=kind.dtype).element_size()
+            if len(raw) < numel * itemsize:
+                raise pickle.UnpicklingError(f"record data/{key} is shorter than its {numel} elements")
+            buf = torch.frombuffer(bytearray(raw[: numel * itemsize]), dtype=torch.uint8) if numel else None
+            flat = buf.view(kind.dtype) if buf is not None else torch.empty(0, dtype=kind.dtype)
+            self.storages[key] = flat
+        return self.storages[key]
+
+
+def _declared_tensors(archive: zipfile.ZipFile, prefix: str, qualname: str) -> set[str] | None:
+    """The parameter and buffer names a TorchScript class declares in its code (read as text), or
+    None when the class's code is not found (all its tensor attributes are kept then)."""
+    module, _, cls = qualname.rpartition(".")
+    try:
+        text = _read_record(archive, f"{prefix}/code/{module.replace('.', '/')}.py").decode(
+            "utf-8", "replace"
+        )
+    except KeyError:
+        return None
+    m = re.search(rf"^class {re.escape(cls)}\b.*?(?=^class |\Z)", text, re.S | re.M)
+    if m is None:
+        return None
+    names: set[str] = set()
+    for field in ("__parameters__", "__buffers__"):
+        f = re.search(rf"{field} = \[(.*?)\]", m.group(0), re.S)
+        if f is None:
+            return None
+        names.update(re.findall(r'"([^"]+)"', f.group(1)))
+    return names
+
+
+def read_torchscript_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The parameters and buffers of a TorchScript archive (``torch.jit.save``), as ``state_dict()``
+    would name them, without running any of the archive's code."""
+    with zipfile.ZipFile(path) as z:
+        pkls = [n for n in z.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not pkls:
+            raise pickle.UnpicklingError("no data.pkl in the archive")
+        prefix = pkls[0][: -len("/data.pkl")]
+        order = f"{prefix}/byteorder"
+        if order in z.namelist() and _read_record(z, order).strip() != b"little":
+            raise pickle.UnpicklingError("a big-endian archive; re-save it on a little-endian machine")
+        root = _ScriptUnpickler(_read_record(z, pkls[0]), z, prefix).load()
+        out: dict[str, torch.Tensor] = {}
+        declared: dict[str, set[str] | None] = {}
+        seen: set[int] = set()
+
+        def walk(obj: object, where: str) -> None:
+            if not isinstance(obj, _ScriptObject) or id(obj) in seen:
+                return
+            seen.add(id(obj))
+            state = getattr(obj, "state", None)
+            if not isinstance(state, Mapping):
+                return
+            if obj.qualname not in declared:
+                declared[obj.qualname] = _declared_tensors(z, prefix, obj.qualname)
+            keep = declared[obj.qualname]
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    if keep is None or name in keep:
+                        out[where + str(name)] = value
+                elif isinstance(value, _ScriptObject):
+                    walk(value, f"{where}{name}.")
+
+        walk(root, "")
+    return out
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str, name: str) -> None:
+    """Refuse weights with NaN or infinite values (a damaged file, or saved from a diverged training):
+    they would give black or NaN results, not an error."""
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise PipelineError(
+            f"{what}: '{name}' has NaN or infinite weights in {len(bad)} tensors (first: "
+            f"{', '.join(bad[:3])}); the file is damaged or was saved from a diverged training"
+        )
+
+
+def check_finite_module(module: torch.nn.Module, what: str, name: str) -> None:
+    """:func:`check_finite` on a built module's parameters and buffers."""
+    check_finite(dict(module.named_parameters()) | dict(module.named_buffers()), what, name)
+
+
 def _is_safetensors(path: str) -> bool:
     return path.lower().endswith(".safetensors")
 
 
 def read_weights(
-    path: str | os.PathLike, what: str = "model", names: Iterable[str] | None = None, mmap: bool = False
+    path: str | os.PathLike,
+    what: str = "model",
+    names: Iterable[str] | None = None,
+    mmap: bool = False,
+    finite: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     """The tensors of a weight file and its metadata.
 
@@ -75,7 +277,8 @@ def read_weights(
     read (absent names are left out; a torch file is memory-mapped, as with ``mmap``). Metadata: a
     safetensors file's metadata strings, or a torch file's top-level entries that are not tensors.
     Raises PipelineError naming ``what`` and the file when it is missing, unreadable (corrupt,
-    truncated, pickled code) or holds no tensors.
+    truncated, pickled code) or holds no tensors, and (with ``finite``) when a floating-point tensor
+    read holds NaN or infinity.
     """
     path = os.fspath(path)
     name = Path(path).name
@@ -93,7 +296,7 @@ def read_weights(
                 pick = keys if wanted is None else [k for k in wanted if k in set(keys)]
                 obj: object = {k: f.get_tensor(k) for k in pick}
         elif is_torchscript(path):
-            obj = torch.jit.load(path, map_location="cpu").state_dict()
+            obj = read_torchscript_tensors(path)
         else:
             obj = torch_load_weights_only(path, mmap=mmap or wanted is not None)
     except Exception as e:  # corrupt, truncated, pickled code ...: say which file
@@ -109,6 +312,8 @@ def read_weights(
         tensors = {k: tensors[k] for k in wanted if k in tensors}
     elif not tensors:
         raise PipelineError(f"{what}: '{name}' holds no tensors")
+    if finite:
+        check_finite(tensors, what, name)
     return tensors, meta
 
 
@@ -123,7 +328,7 @@ def weight_keys(path: str | os.PathLike, what: str = "model") -> list[str]:
                 return list(f.keys())
         except Exception as e:
             raise PipelineError(f"{what}: cannot read '{Path(path).name}' ({path}): {e}") from e
-    return list(read_weights(path, what, mmap=True)[0])
+    return list(read_weights(path, what, mmap=True, finite=False)[0])
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -160,7 +365,11 @@ def state_dict_mismatch(
 
 
 __all__ = [
+    "check_finite",
+    "check_finite_module",
     "is_torchscript",
+    "nonfinite_tensors",
+    "read_torchscript_tensors",
     "read_weights",
     "state_dict_mismatch",
     "strip_prefix",

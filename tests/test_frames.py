@@ -406,20 +406,30 @@ def test_video_errors(tmp_path: Path) -> None:
 
 
 def test_binarize_mask_variants() -> None:
+    # Half-way between the image's lowest and highest value (0.5), or any non-zero value (0).
     gray = np.array([[0, 1], [255, 0]], np.uint8)
-    assert binarize_mask(gray).tolist() == [[False, True], [True, False]]
+    assert binarize_mask(gray).tolist() == [[False, False], [True, False]]
+    assert binarize_mask(gray, 0).tolist() == [[False, True], [True, False]]
+    assert binarize_mask(np.array([[0, 1], [1, 0]], np.uint8)).tolist() == [[False, True], [True, False]]
     rgb = np.zeros((2, 2, 3), np.uint8)
-    rgb[0, 1] = (0, 0, 7)  # any non-zero colour channel
-    rgb[1, 0] = (255, 0, 0)
-    assert binarize_mask(rgb).tolist() == [[False, True], [True, False]]
+    rgb[0, 1] = (0, 0, 7)  # a faint colour: hole only for "any non-zero"
+    rgb[1, 0] = (255, 0, 0)  # the brightest channel counts
+    assert binarize_mask(rgb).tolist() == [[False, False], [True, False]]
+    assert binarize_mask(rgb, 0).tolist() == [[False, True], [True, False]]
     rgba = np.zeros((2, 2, 4), np.uint8)
-    rgba[..., 3] = 255  # opaque everywhere: alpha ignored because RGB has content
+    rgba[..., 3] = 255  # opaque everywhere: alpha ignored
     rgba[1, 1, :3] = 255
     assert binarize_mask(rgba).tolist() == [[False, False], [False, True]]
     alpha_only = np.zeros((2, 2, 4), np.uint8)
     alpha_only[0, 0, 3] = 255  # black strokes on a transparent layer: alpha decides
     assert binarize_mask(alpha_only).tolist() == [[True, False], [False, False]]
+    white_layer = np.full((2, 2, 4), 255, np.uint8)
+    white_layer[1, :, 3] = 0  # white everywhere, the stroke is where the layer is opaque
+    assert binarize_mask(white_layer).tolist() == [[True, True], [False, False]]
     assert binarize_mask(np.array([[0, 40000]], np.uint16)).tolist() == [[False, True]]
+    # A uniform mask is compared with half the full scale: 3 of 255 looks black and is no hole.
+    assert not binarize_mask(np.full((2, 2), 3, np.uint8)).any()
+    assert binarize_mask(np.full((2, 2), 255, np.uint8)).all()
 
 
 def test_read_palette_and_coloured_masks(tmp_path: Path) -> None:
@@ -454,7 +464,7 @@ def test_masks_by_name(tmp_path: Path) -> None:
     assert m.shape == (4, H, W) and m.dtype == torch.float32
     for k, i in enumerate(clip.selected):
         assert torch.equal(m[k], torch.from_numpy(box_mask(i, i + 2, 0, 5)).float())
-    assert notes == []
+    assert len(notes) == 1 and "above 127.5 of 0..255" in notes[0]  # the threshold, nothing repaired
 
 
 def test_masks_by_name_missing_frames(tmp_path: Path) -> None:
@@ -518,7 +528,7 @@ def test_masks_off_by_one_size_resized(tmp_path: Path) -> None:
         write_mask(masks / f"{i:05d}.png", box_mask(0, 10, 0, 10, size=size))
     m, notes = load_masks(masks, 3, (H, W), frame_names=["00000", "00001", "00002"])
     assert m.shape == (3, H, W)
-    assert len(notes) == 1 and "'00001.png'" in notes[0] and "63x40" in notes[0] and "64x40" in notes[0]
+    assert len(notes) == 2 and "'00001.png'" in notes[0] and "63x40" in notes[0] and "64x40" in notes[0]
     assert float(m[1, :10, :10].min()) == 1 and float(m[1, 10:].max()) == 0
 
     # A logo mask made at another resolution (twice the size), as a single file.

@@ -142,9 +142,9 @@ def test_bad_input_gives_a_clear_error(server):
     api = json.loads((REPO / "example_workflows" / "api" / "remove_object_api.json").read_text())
     api["1"]["inputs"]["frames"] = "no_such_clip"
     client = ComfyClient(server.url)
-    pid = client.queue(api)
-    with pytest.raises(PipelineError, match="frames.*no_such_clip"):
-        client.wait(pid, timeout=120)
+    # Refused at queue time (HTTP 400 with the node's errors), before anything runs.
+    with pytest.raises(PipelineError, match="answered 400.*frames: 'no_such_clip' not found"):
+        client.queue(api)
 
 
 @pytest.mark.skipif(not TENNIS.is_dir(), reason=f"real data not found at {TENNIS}")

@@ -17,11 +17,20 @@ the user has to fix raise :class:`~..errors.PipelineError` naming the input as t
   is made and resumes an interrupted job.
 """
 
-from .keyframes import apply_edited_keyframes, edited_images, parse_keyframes
+from .keyframes import apply_edited_keyframes, check_keyframe_syntax, edited_images, parse_keyframes
 from .lazy import LazyClip, available_memory
-from .masks import MaskSource, binarize_mask, fit_mask, load_masks, open_masks, read_mask_file
+from .masks import (
+    MaskSource,
+    binarize_mask,
+    check_holes,
+    check_threshold,
+    fit_mask,
+    load_masks,
+    open_masks,
+    read_mask_file,
+)
 from .paths import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, fingerprint_paths, list_images, resolve_user_path
-from .prepare import PreparedClip, open_clip, prepare_clip, resize_clip
+from .prepare import PreparedClip, check_resize, open_clip, prepare_clip, resize_clip
 from .read import (
     MAX_IMAGE_PIXELS,
     Clip,
@@ -57,6 +66,10 @@ __all__ = [
     "open_frames",
     "open_masks",
     "binarize_mask",
+    "check_holes",
+    "check_keyframe_syntax",
+    "check_resize",
+    "check_threshold",
     "clip_from_images",
     "fingerprint_paths",
     "fit_mask",

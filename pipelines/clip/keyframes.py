@@ -14,35 +14,17 @@ _INT_RE = re.compile(r"-?\d+")
 _RANGE_RE = re.compile(r"(-?\d+)\s*-\s*(-?\d+)(?:\s*:\s*(-?\d+))?")
 
 
-def parse_keyframes(text: str, num_frames: int) -> list[int]:
-    """Parse a keyframe list such as ``"0,20,40"``, ``"0-60:20"``, ``"10-14"`` or ``"0,-1"``.
+_SYNTAX = "expected indices like '0,20,40', ranges like '0-60:20' or '10-14'"
 
-    Ranges are ``start-end`` (inclusive) with an optional ``:step``; negative indices count from the
-    end (``-1`` is the last frame). Returns sorted unique indices in ``[0, num_frames)``; ``""`` -> ``[]``.
-    Raises PipelineError naming ``keyframes`` and the offending token.
-    """
+
+def _keyframe_tokens(text: str) -> list[tuple[str, int, int | None, int]]:
+    """The tokens of a keyframe list: (token, start, end or None for a single index, step), indices
+    as written (negative = from the end). Raises PipelineError on anything that is not an index or a
+    range with a step of 1 or more, whatever the clip's length."""
     text = (text or "").strip()
     if text.startswith("[") and text.endswith("]"):  # a pasted Python/JSON list
         text = text[1:-1]
-    if not text.strip():
-        return []
-    n = int(num_frames)
-    if n <= 0:
-        raise PipelineError(f"keyframes: '{text}' given, but there are no frames to pick keyframes from")
-    valid = f"valid indices are 0..{n - 1} (or -{n}..-1 counting from the end)"
-    syntax = "expected indices like '0,20,40', ranges like '0-60:20' or '10-14'"
-
-    def bad(token: str, why: str) -> PipelineError:
-        return PipelineError(f"keyframes: '{token}' {why}; {syntax}; {valid}")
-
-    def index(value: str, token: str) -> int:
-        i = int(value)
-        j = i + n if i < 0 else i
-        if not 0 <= j < n:
-            raise bad(token, f"refers to frame {i}, which does not exist ({n} frames)")
-        return j
-
-    result: set[int] = set()
+    out: list[tuple[str, int, int | None, int]] = []
     for raw in re.split(r"[,;]", text):
         token = raw.strip()
         if not token:
@@ -51,18 +33,63 @@ def parse_keyframes(text: str, num_frames: int) -> list[int]:
         parts = [token] if _RANGE_RE.fullmatch(token) or _INT_RE.fullmatch(token) else token.split()
         for part in parts:
             if _INT_RE.fullmatch(part):
-                result.add(index(part, part))
+                out.append((part, int(part), None, 1))
                 continue
             m = _RANGE_RE.fullmatch(part)
             if m is None:
-                raise bad(part, "is not a frame index or range")
-            start, end = index(m.group(1), part), index(m.group(2), part)
+                raise PipelineError(f"keyframes: '{part}' is not a frame index or range; {_SYNTAX}")
             step = int(m.group(3)) if m.group(3) is not None else 1
             if step < 1:
-                raise bad(part, f"has step {step}; the step must be 1 or more")
-            if start > end:
-                raise bad(part, f"is a range that goes backwards (frame {start} to {end})")
-            result.update(range(start, end + 1, step))
+                raise PipelineError(
+                    f"keyframes: '{part}' has step {step}; the step must be 1 or more; {_SYNTAX}"
+                )
+            out.append((part, int(m.group(1)), int(m.group(2)), step))
+    return out
+
+
+def check_keyframe_syntax(text: str) -> None:
+    """Raise PipelineError naming ``keyframes`` when ``text`` is not a keyframe list (checked before
+    the clip's length is known: out-of-range indices are found by :func:`parse_keyframes`)."""
+    _keyframe_tokens(text)
+
+
+def parse_keyframes(text: str, num_frames: int) -> list[int]:
+    """Parse a keyframe list such as ``"0,20,40"``, ``"0-60:20"``, ``"10-14"`` or ``"0,-1"``.
+
+    Ranges are ``start-end`` (inclusive) with an optional ``:step``; negative indices count from the
+    end (``-1`` is the last frame). Returns sorted unique indices in ``[0, num_frames)``; ``""`` -> ``[]``.
+    Raises PipelineError naming ``keyframes`` and the offending token.
+    """
+    n = int(num_frames)
+    valid = f"valid indices are 0..{n - 1} (or -{n}..-1 counting from the end)"
+    try:
+        tokens = _keyframe_tokens(text)
+    except PipelineError as e:
+        raise PipelineError(f"{e}; {valid}" if n > 0 else str(e)) from None
+    if not tokens:
+        return []
+    if n <= 0:
+        shown = (text or "").strip()
+        raise PipelineError(f"keyframes: '{shown}' given, but there are no frames to pick keyframes from")
+
+    def bad(token: str, why: str) -> PipelineError:
+        return PipelineError(f"keyframes: '{token}' {why}; {_SYNTAX}; {valid}")
+
+    def index(i: int, token: str) -> int:
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise bad(token, f"refers to frame {i}, which does not exist ({n} frames)")
+        return j
+
+    result: set[int] = set()
+    for token, first, last, step in tokens:
+        if last is None:
+            result.add(index(first, token))
+            continue
+        start, end = index(first, token), index(last, token)
+        if start > end:
+            raise bad(token, f"is a range that goes backwards (frame {start} to {end})")
+        result.update(range(start, end + 1, step))
     return sorted(result)
 
 

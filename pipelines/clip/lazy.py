@@ -23,7 +23,6 @@ from ..types import Keyframes
 from .masks import MaskSource
 from .read import FrameSource, TensorFrames
 
-
 # Float frames (and masks) a view keeps: the methods read a frame a few times in a row.
 _RECENT = 3
 

@@ -21,8 +21,17 @@ from ..progress import ProgressFn
 from ..types import Keyframes
 from .keyframes import edited_images, parse_keyframes
 from .lazy import LazyClip
-from .masks import open_masks
+from .masks import check_holes, open_masks
 from .read import Clip, FrameSource, ImageFiles, TensorFrames, open_frames
+
+
+def check_resize(width: int, height: int) -> None:
+    """Raise PipelineError naming ``width`` / ``height`` unless each is 0 or a multiple of 8."""
+    for name, value in (("width", width), ("height", height)):
+        v = check_int(value, name, 0, "use 0 (keep the aspect ratio) or a multiple of 8")
+        if v % 8:
+            lo = max(8, v // 8 * 8)
+            raise PipelineError(f"{name}: {v} is not a multiple of 8; use for example {lo} or {lo + 8}")
 
 
 def resize_clip(
@@ -33,11 +42,7 @@ def resize_clip(
     0 for one side keeps the aspect ratio (rounded to the nearest multiple of 8); both 0 = unchanged.
     Masks are resized conservatively (a hole never disappears). Returns (frames, masks, notes).
     """
-    for name, value in (("width", width), ("height", height)):
-        v = check_int(value, name, 0, "use 0 (keep the aspect ratio) or a multiple of 8")
-        if v % 8:
-            lo = max(8, v // 8 * 8)
-            raise PipelineError(f"{name}: {v} is not a multiple of 8; use for example {lo} or {lo + 8}")
+    check_resize(width, height)
     width, height = int(width), int(height)
     check_shape(masks, "T,H,W", "masks", known=check_shape(frames, "T,H,W,3", "frames"))
     notes: list[str] = []
@@ -73,11 +78,7 @@ class PreparedClip:
 
 def _resize_note(h0: int, w0: int, width: int, height: int, notes: list[str]) -> tuple[int, int]:
     """The size a resize to ``width`` x ``height`` gives (multiples of 8, 0 keeps the aspect ratio)."""
-    for name, value in (("width", width), ("height", height)):
-        v = check_int(value, name, 0, "use 0 (keep the aspect ratio) or a multiple of 8")
-        if v % 8:
-            lo = max(8, v // 8 * 8)
-            raise PipelineError(f"{name}: {v} is not a multiple of 8; use for example {lo} or {lo + 8}")
+    check_resize(width, height)
     if width == 0 and height == 0:
         return h0, w0
     new_h, new_w = fit_size(h0, w0, int(width), int(height), 8)
@@ -101,6 +102,10 @@ def open_clip(
     height: int = 0,
     invert_mask: bool = False,
     edited: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    mask_threshold: float = 0.5,
+    allow_large_holes: bool = False,
+    progress: ProgressFn | None = None,
+    holes: bool = True,
 ) -> LazyClip:
     """The clip of the user's inputs, read on demand (nothing is decoded but headers and the edited
     keyframes).
@@ -112,7 +117,10 @@ def open_clip(
     keyframes in order: a batch ``(K, H', W', 3)`` or a list of images of any sizes (each is resized
     to the frame size). The selection (skip_first, every_nth, frame_cap), the resize (width,
     height, multiples of 8; 0 keeps the aspect ratio) and the keyframe syntax are as
-    :func:`load_frames`, :func:`resize_clip` and :func:`parse_keyframes`.
+    :func:`load_frames`, :func:`resize_clip` and :func:`parse_keyframes`. mask_threshold: where
+    mask values are binarised (see :func:`~.masks.open_masks`; the mask files are read once for
+    their range). ``holes``: read the final masks once more for :func:`~.masks.check_holes` (a frame
+    95 % hole or more is refused unless ``allow_large_holes``). ``progress`` reports both passes.
     """
     src = open_frames(frames, frame_cap, skip_first, every_nth)
     T, (H, W) = len(src), src.size
@@ -123,8 +131,9 @@ def open_clip(
             msrc = masks[src.selected]  # a MASK batch aligned with the full IMAGE batch
     alpha = _alpha_of(src) if msrc is None and _has_alpha(src) else None
     mask_source, mnotes = open_masks(
-        msrc, T, (H, W), frame_names=src.names, selected=src.selected, alpha=alpha, invert=invert_mask
-    )
+        msrc, T, (H, W), frame_names=src.names, selected=src.selected, alpha=alpha, invert=invert_mask,
+        threshold=mask_threshold, progress=progress,
+    )  # fmt: skip
     notes += mnotes
     size = _resize_note(H, W, width, height, notes)
     idx = parse_keyframes(keyframes, T)
@@ -140,7 +149,12 @@ def open_clip(
         indices=idx, size=size, fps=src.fps, source=src.source, num_frames=T, edited=list(edits),
         names=list(src.names),
     )  # fmt: skip
-    return LazyClip(src, mask_source, size, kf, edits, notes)
+    clip = LazyClip(src, mask_source, size, kf, edits, notes)
+    if holes:
+        notes += check_holes(
+            clip.masks(), src.names, allow_large_holes, invert_mask, skip=list(edits), progress=progress
+        )
+    return clip
 
 
 def _has_alpha(src: FrameSource) -> bool:
@@ -178,15 +192,22 @@ def prepare_clip(
     edited: torch.Tensor | Sequence[torch.Tensor] | None = None,
     progress: ProgressFn | None = None,
     check_memory: bool = True,
+    mask_threshold: float = 0.5,
+    allow_large_holes: bool = False,
 ) -> PreparedClip:
     """Frames, masks and keyframes of a clip from the user's inputs, all decoded (see
-    :func:`open_clip` for the inputs). Refused before decoding when the batch would not fit in the
-    memory that is free (``check_memory``)."""
+    :func:`open_clip` for the inputs); the decoded masks are checked by :func:`~.masks.check_holes`.
+    Refused before decoding when the batch would not fit in the memory that is free
+    (``check_memory``)."""
     clip = open_clip(
-        frames, masks, keyframes, frame_cap, skip_first, every_nth, width, height, invert_mask, edited
-    )
+        frames, masks, keyframes, frame_cap, skip_first, every_nth, width, height, invert_mask, edited,
+        mask_threshold=mask_threshold, progress=progress, holes=False,
+    )  # fmt: skip
     f, m = clip.materialize(progress=progress, check_memory=check_memory)
-    return PreparedClip(f, m, clip.keyframes, clip.notes)
+    notes = clip.notes + check_holes(
+        m, clip.names, allow_large_holes, invert_mask, skip=clip.keyframes.edited
+    )
+    return PreparedClip(f, m, clip.keyframes, notes)
 
 
-__all__ = ["Clip", "LazyClip", "PreparedClip", "open_clip", "prepare_clip", "resize_clip"]
+__all__ = ["Clip", "LazyClip", "PreparedClip", "check_resize", "open_clip", "prepare_clip", "resize_clip"]

@@ -62,7 +62,10 @@ def image_size(path: Path, what: str) -> tuple[int, int]:
         with Image.open(path) as im:
             w, h = im.size
     except Image.DecompressionBombError as e:
-        raise PipelineError(f"{what}: '{path}' declares a huge image ({e}); resize it first") from e
+        raise PipelineError(
+            f"{what}: cannot read image '{path}' (its declared size is over the image reader's pixel "
+            "limit); resize it (e.g. to 3840x2160) first"
+        ) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise PipelineError(
             f"{what}: cannot read image '{path}' (the file is corrupt or not an image)"
@@ -83,7 +86,12 @@ def _decode_image(path: Path, what: str) -> tuple[np.ndarray, np.ndarray | None]
         raise PipelineError(f"{what}: cannot read '{path}': {e}") from e
     if data.size:
         image_size(path, what)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as e:  # e.g. a header over OpenCV's pixel limit (CV_IO_MAX_IMAGE_PIXELS)
+        too_big = "MAX_IMAGE_PIXELS" in str(e)
+        why = "its size is over the image reader's pixel limit" if too_big else "OpenCV cannot decode it"
+        raise PipelineError(f"{what}: cannot read image '{path}' ({why})") from e
     if img is None:
         raise PipelineError(f"{what}: cannot read image '{path}' (the file is corrupt or not an image)")
     try:

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..checks import as_masks, check_shape
+from ..checks import as_masks, check_finite_result, check_shape
 from ..errors import PipelineError
 from ..ops import pad_to_modulo
 from ..progress import ProgressFn, report
@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 EPS = 1e-8
+# The smallest side a pyramid level may have: LaMa's three stride-2 steps need 2 pixels left after
+# padding to its modulo (8), so 9 px work; 16 is the documented limit.
+MIN_IMAGE_SIDE = 16
 AUTOCAST = ("none", "bf16", "fp16")
 
 
@@ -601,7 +604,24 @@ def refine_frames(
         check_shape(guides[..., :3], "B,h,w,3", "guide")
         if guides.shape[0] not in (1, b):
             raise PipelineError(f"guide: {guides.shape[0]} images for {b} frames; give one per frame or one")
-    levels = len(pyramid_sizes(h, w, cfg.min_side, cfg.max_scales, cfg.px_budget)) if cfg.n_iters else 1
+    if cfg.n_iters:
+        sizes = pyramid_sizes(h, w, cfg.min_side, cfg.max_scales, cfg.px_budget)
+    else:  # one plain pass at the pixel budget
+        sizes = pyramid_sizes(h, w, 1, 1, cfg.px_budget)
+    small = min([(h, w), *sizes], key=min)
+    if min(small) < MIN_IMAGE_SIDE:
+        at = "" if small == (h, w) else f" (a pyramid level of {small[1]}x{small[0]}; raise px_budget)"
+        raise PipelineError(
+            f"image: {w}x{h} is too small to inpaint{at}; the network needs at least "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels"
+        )
+    full = [i for i in range(masks.shape[0]) if bool((masks[i] >= EPS).all())]
+    if full:
+        raise PipelineError(
+            f"mask: image {full[0]} is all hole ({len(full)} of {b} images are), so nothing is known to "
+            "fill it from; check the mask (inverted or blank white?)"
+        )
+    levels = len(sizes) if cfg.n_iters else 1
     per_frame = 1 + (levels - 1) * max(cfg.n_iters, 1)
     total = b * per_frame
     outs = []
@@ -624,7 +644,12 @@ def refine_frames(
         if restore_size:
             with torch.inference_mode(False):
                 out = paste_back(img.to(out.device, torch.float32), m.to(out.device), out)
-        outs.append(out[0].permute(1, 2, 0).detach().float().cpu())
+        out = check_finite_result(
+            out[0].permute(1, 2, 0).detach().float().cpu(),
+            f"image {i}: the refined result",
+            "fp16 autocast or the weights may be at fault: try precision fp32, or check the model file",
+        )
+        outs.append(out)
         if last[0] < (i + 1) * per_frame:
             last[0] = (i + 1) * per_frame
             report(progress, last[0], total, f"frame {i + 1}/{b} done")

@@ -23,7 +23,7 @@ import torch
 
 from ..checks import parse_dtype
 from ..errors import PipelineError
-from ..weights import read_weights, weight_keys
+from ..weights import check_finite_module, read_weights, weight_keys
 from .folders import is_svd_folder, unet_weight_file
 from .model import CLIP_MEAN, CLIP_STD, InbetweenModel, check_reverse_tensors
 from .single_file import CONFIG_DIR, load_single_file, read_config, unet_tensors_from_single_file
@@ -99,6 +99,8 @@ def load_svd(
             path / "feature_extractor" / "preprocessor_config.json",
             CONFIG_DIR / "feature_extractor" / "preprocessor_config.json",
         )
+    for part, module in (("UNet", unet), ("VAE", vae), ("image encoder", encoder)):
+        check_finite_module(module, f"svd ({part})", str(path))
     if unet.config.in_channels != 2 * vae.config.latent_channels:
         raise PipelineError(
             f"svd: {path}: the UNet takes {unet.config.in_channels} channels, not an img2vid model"

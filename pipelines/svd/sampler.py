@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..checks import check_finite_result
 from ..errors import PipelineError
 from ..progress import ProgressFn, report
 from .compat import set_step_index
@@ -368,6 +369,11 @@ def inbetween(
     return inbetween_keyframes(model, keys, settings, None, progress, device, offload_device, decode)
 
 
+_NONFINITE_HINT = (
+    "fp16 can overflow in SVD's VAE or UNet on some devices: try dtype bf16 or fp32, or check the weights"
+)
+
+
 def inbetween_keyframes(
     model: InbetweenModel,
     keyframes: list[torch.Tensor],
@@ -405,6 +411,7 @@ def inbetween_keyframes(
             model, keyframes[k], keyframes[k + 1], per[k], progress, device, offload_device, done, total
         )
         done += steps[k]
+        check_finite_result(lat, f"segment {k + 1}: the sampled latents", _NONFINITE_HINT)
         if decode:
             dev = torch.device(device) if device is not None else model.device
             if offload_device is not None:
@@ -413,6 +420,7 @@ def inbetween_keyframes(
             if offload_device is not None:
                 model.place("vae", offload_device)
             done += chunks[k]
+            check_finite_result(fr, f"segment {k + 1}: the decoded frames", _NONFINITE_HINT)
             frames.append(fr if k == 0 else fr[1:])
         lat = lat.float().cpu()
         lats.append(lat if k == 0 else lat[1:])

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_shape
+from ..checks import check_finite_result, check_known_pixels, check_shape
 from ..errors import PipelineError
 from ..flow import FlowEstimator
 from ..ops import dilate, resize_mask, round_to_multiple
@@ -212,6 +212,7 @@ class TwoStreamVideo:
         if flows is not None and flows.num_frames != self.T:
             raise PipelineError(f"flow: computed for {flows.num_frames} frames, the clip has {self.T}")
         self.edited = sorted({int(e) for e in edited if 0 <= int(e) < self.T})
+        check_known_pixels(masks, "masks", self.edited)
         self.flows = flows
         self.estimator = estimator
         self.model_estimator = model_estimator
@@ -285,7 +286,11 @@ class TwoStreamVideo:
             flows=flows[None].to(device),
             flow_errors=errors[None].to(device),
         )
-        pred = pred.float().cpu()
+        pred = check_finite_result(
+            pred.float().cpu(),
+            f"model: its output for frame {g}",
+            "fp16 can overflow: try dtype bf16 or fp32, or check the weights",
+        )
         if (h, w) != (self.H, self.W):
             pred = F.interpolate(pred, size=(self.H, self.W), mode="bilinear", align_corners=False)
         pred = pred[0].permute(1, 2, 0).clamp(0, 1)
