@@ -12,13 +12,14 @@ import sys
 
 from ..pipelines.errors import PipelineError
 from . import inbetween, queue, refine, remove, two_stream
+from .options import Parser, apply_threads, prefer_sleeping_threads
 
 # In the order ``--help`` lists them.
 COMMAND_GROUPS = (remove, two_stream, refine, inbetween, queue)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m keyframe_propagation",
         description="Keyframe propagation for video (the ComfyUI pack's jobs).",
     )
@@ -29,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prefer_sleeping_threads()  # before torch loads (see options.py)
     args = build_parser().parse_args(argv)
     try:
+        apply_threads(getattr(args, "threads", 0))
         return int(args.func(args) or 0)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)

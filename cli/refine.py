@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_threads_argument
+
 
 def register(sub) -> None:
     """Add ``refine`` to the CLI's subcommands."""
@@ -42,7 +44,7 @@ def register(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights' precision")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_threads_argument(p)
     p.add_argument(
         "--working-size",
         action="store_true",
@@ -65,8 +67,6 @@ def cmd_refine(args) -> int:
     from ..pipelines.refine.multiscale import RefineConfig, refine_frames
     from .progress import progress_printer
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
