@@ -19,6 +19,7 @@ from .common import (
     CATEGORY,
     TwoStreamModel,
     comfy_progress,
+    managed,
     model_file,
     model_files,
     module_bytes,
@@ -79,6 +80,7 @@ class InpaintModelLoader(io.ComfyNode):
             "inpaint", model_name, "put big-lama.pt (or Big-LaMa's best.ckpt) in ComfyUI/models/inpaint"
         )
         model = load_lama(path, device=mm.unet_offload_device(), dtype=torch_dtype(dtype))
+        managed(model)  # held by ComfyUI's model management from now on
         return io.NodeOutput(model)
 
 
