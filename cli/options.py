@@ -5,7 +5,7 @@ Threads. torch's CPU kernels run on an OpenMP pool whose threads, by default, sp
 before they sleep. The removal loop calls many small torch operations, so on a machine whose cores
 are busy with other processes the spinning threads take the CPU from the thread doing the work:
 ``remove`` on the 70 DAVIS tennis frames took 52 s with torch's 2 threads next to one busy process,
-12 s with 1 thread (bench/README.md). The command line therefore asks OpenMP to let idle threads sleep
+12 s with 1 thread (README, Threads). The command line therefore asks OpenMP to let idle threads sleep
 (``OMP_WAIT_POLICY=PASSIVE``, unless the environment sets a policy) before torch is first imported:
 then all cores are never slower than one thread, and faster where the work is large. ``--threads N``
 sets the thread count of torch and OpenCV. Inside ComfyUI nothing here runs: threads are ComfyUI's.

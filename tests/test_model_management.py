@@ -86,7 +86,7 @@ def test_lama_is_managed_while_refining_and_unloadable(comfy_nodes, mm, monkeypa
     node = refine.MultiscaleRefine
     args = node_defaults(node) | {"image": image, "mask": mask, "model": lama, "n_iters": 2, "min_side": 32}
     with torch.inference_mode():
-        (first,) = node.execute(**args).result
+        first = node.execute(**args).result[0]
     assert seen and all(patcher in s for s in seen)  # loaded by ComfyUI while the node ran
     (models, memory, full), *_ = spy.calls
     assert models == [patcher] and full and memory > 0  # the run's activations, beyond the weights
@@ -95,7 +95,7 @@ def test_lama_is_managed_while_refining_and_unloadable(comfy_nodes, mm, monkeypa
     assert patcher not in loaded_patchers(mm)
     seen.clear()
     with torch.inference_mode():
-        (second,) = node.execute(**args).result  # a second run after the unload works
+        second = node.execute(**args).result[0]  # a second run after the unload works
     assert seen and all(patcher in s for s in seen)
     assert torch.equal(first, second)
     mm.unload_all_models()
@@ -118,12 +118,12 @@ def test_two_stream_model_is_managed_while_inpainting(comfy_nodes, mm, monkeypat
         "keyframe_offsets": "-3,3", "work_long_side": 64,
     }  # fmt: skip
     with torch.inference_mode():
-        first, _ = node.execute(**args).result
+        first = node.execute(**args).result[0]
     assert seen and all(patcher in s for s in seen)
     mm.unload_all_models()
     assert patcher not in loaded_patchers(mm)
     with torch.inference_mode():
-        second, _ = node.execute(**args).result
+        second = node.execute(**args).result[0]
     assert torch.equal(first, second)
     assert patcher in loaded_patchers(mm)
     mm.unload_all_models()
@@ -165,7 +165,7 @@ def test_svd_parts_are_managed_with_and_without_offload(svd, mm, monkeypatch, of
         "num_frames": 4, "steps": 2, "noise_injection_steps": 1, "decode_chunk_size": 4,
     }  # fmt: skip
     with torch.inference_mode():
-        frames, _ = node.execute(**args).result
+        frames = node.execute(**args).result[0]
     assert seen
     if offload:  # one part at a time: the UNet while denoising, the VAE while decoding
         assert all(sum(p in s for p in parts.values()) <= 1 for s in seen)
@@ -176,6 +176,6 @@ def test_svd_parts_are_managed_with_and_without_offload(svd, mm, monkeypatch, of
     mm.unload_all_models()
     assert not any(p in loaded_patchers(mm) for p in parts.values())
     with torch.inference_mode():
-        again, _ = node.execute(**args).result  # works after ComfyUI unloaded the parts
+        again = node.execute(**args).result[0]  # works after ComfyUI unloaded the parts
     assert torch.allclose(frames, again, atol=1e-6)
     mm.unload_all_models()
