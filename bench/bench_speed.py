@@ -3,6 +3,10 @@
 * FlowEstimate throughput: pairs/s of ``FlowEstimator("dis", preset)`` for ultrafast/fast/medium at
   432x240 (DAVIS tennis) and 1024x576 (running_car 972x540 upscaled, INTER_LINEAR), and of
   ``compute_flows`` (forward + backward + hole fill + forward-backward error) with DIS medium.
+* Threads: ``propagate_fill`` on the 70 tennis frames with 1 thread (torch and OpenCV) and with all
+  cores, on an idle machine and next to one busy process; all cores both as the command line runs them
+  (OpenMP's idle threads sleep, ``OMP_WAIT_POLICY=PASSIVE``) and with OpenMP's default (idle threads
+  spin), which is what made ``remove`` several times slower than one thread on a busy machine.
 * Propagation: frames/s of ``propagate_fill`` (default config) and the share of its time spent in flow
   estimation, flow filling, consistency checks, the Telea fallback and frame reading; peak memory for a
   70- and a 280-frame clip at 432x240. Frames and masks come from a lazy ping-pong source (tennis played
@@ -15,6 +19,7 @@ Usage (from the repository root)::
 
     python bench/bench_speed.py            # about 3 minutes on 2 CPU cores
     python bench/bench_speed.py --quick    # smaller counts, no 1024x576 propagation
+    python bench/bench_speed.py --threads-only   # only 1 thread vs all cores (about 2 minutes)
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,11 +120,15 @@ def flow_throughput(root: Path, pairs: int, repeats: int) -> dict[str, dict[str,
 
 
 def child(spec: dict) -> dict:
-    """One propagate_fill measurement; spec = {"size": label, "frames": n}."""
+    """One propagate_fill measurement; spec = {"size": label, "frames": n, optional "cv_threads": n}."""
     import keyframe_propagation.pipelines.flow as flow_mod
     import keyframe_propagation.pipelines.propagate as prop
 
     torch.set_grad_enabled(False)
+    if spec.get("cv_threads"):
+        import cv2
+
+        cv2.setNumThreads(int(spec["cv_threads"]))
     root = require_data(TENNIS, CAR)
     files, mfiles, resize = size_source(root, spec["size"])
     size = SIZES[spec["size"]]
@@ -276,6 +288,55 @@ def propagation_section(specs: list[dict], threads: int) -> list[dict]:
     return res
 
 
+THREAD_CONFIGS = (
+    # label, --threads, OMP_WAIT_POLICY (None = OpenMP's default)
+    ("1 thread (--threads 1)", 1, None),
+    ("all cores, idle threads sleep (the CLI's default)", 0, "PASSIVE"),
+    ("all cores, OpenMP's default (idle threads spin)", 0, None),
+)
+
+
+def threads_section(frames: int) -> list[dict]:
+    """1 thread vs all cores, idle and next to one busy process, side by side in this run."""
+    print(
+        f"\nThreads: propagate_fill on {frames} frames at 432x240 (DAVIS tennis), DIS medium, one fresh\n"
+        "subprocess per cell; 'busy' = next to one process spinning on a core (started and stopped here).\n"
+        f"This machine has {os.cpu_count()} cores. CPU s = process CPU time (spinning threads show here)."
+    )
+    base_env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    results = {}
+    for busy in (False, True):
+        load = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            if load is not None:
+                time.sleep(1.0)
+            for label, threads, policy in THREAD_CONFIGS:
+                env = base_env | ({"OMP_WAIT_POLICY": policy} if policy else {})
+                spec = {"size": "432x240", "frames": frames, "cv_threads": threads}
+                print(f"  running {label}{', busy' if busy else ''} ...", flush=True)
+                results[(label, busy)] = run_child(__file__, spec, threads, env=env)
+        finally:
+            if load is not None:
+                load.kill()
+                load.wait()
+    one = {busy: results[(THREAD_CONFIGS[0][0], busy)] for busy in (False, True)}
+    rows = []
+    for label, _, _ in THREAD_CONFIGS:
+        row = [label]
+        for busy in (False, True):
+            r = results[(label, busy)]
+            if r is None:
+                row += ["failed", "-", "-"]
+                continue
+            ref = one[busy]
+            ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
+            row += [f"{r['seconds']:.1f}", f"{r['cpu_seconds']:.1f}", ratio]
+        rows.append(row)
+    heads = ["threads", "idle s", "idle CPU s", "idle x 1 thread", "busy s", "busy CPU s", "busy x 1 thread"]
+    print(text_table(heads, rows))
+    return [r for r in results.values() if r is not None]
+
+
 def flow_section(root: Path, pairs: int, repeats: int) -> dict[str, dict[str, float]]:
     print(
         f"\nFlow estimation: pairs/s, best of {repeats} run(s) of {pairs} consecutive pairs, "
@@ -354,6 +415,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer pairs/frames (about a minute)")
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=THREADS_HELP)
+    ap.add_argument("--threads-only", action="store_true", help="only the 1 thread vs all cores section")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     set_threads(args.threads)
@@ -366,12 +428,17 @@ def main() -> None:
     t_start = time.perf_counter()
     pairs, repeats = (10, 2) if args.quick else (20, 3)
     short, long = (60, 120) if args.quick else (70, 280)
+    if args.threads_only:
+        threads_section(short)
+        print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+        return
     specs = [{"size": "432x240", "frames": short}, {"size": "432x240", "frames": long}]
     if not args.quick:
         specs.append({"size": "1024x576", "frames": short})
     # Propagation first, while this process is still small: a child's ru_maxrss starts at the
     # parent's RSS at fork time (the kernel carries it over exec), which would hide its growth.
     res = propagation_section(specs, args.threads)
+    threads_section(short)
     flow = flow_section(root, pairs, repeats)
     print("\nMarkdown:\n")
     print(markdown_summary(flow, res))

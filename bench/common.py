@@ -285,9 +285,10 @@ def print_result(result: dict) -> None:
     print(RESULT + json.dumps(result))
 
 
-def run_child(script: str, spec: dict, threads: int) -> dict | None:
-    """Run ``script --threads N --child SPEC`` and return the dict its :func:`print_result` printed,
-    or None (with the child's error printed) when it failed."""
+def run_child(script: str, spec: dict, threads: int, env: dict[str, str] | None = None) -> dict | None:
+    """Run ``script --threads N --child SPEC`` (in ``env``, default this process's environment) and
+    return the dict its :func:`print_result` printed, or None (with the child's error printed) when it
+    failed."""
     cmd = [
         sys.executable,
         str(Path(script).resolve()),
@@ -296,7 +297,7 @@ def run_child(script: str, spec: dict, threads: int) -> dict | None:
         "--child",
         json.dumps(spec),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT):
             return json.loads(line[len(RESULT) :])

@@ -12,6 +12,7 @@ import sys
 import time
 
 from .checks import compute_device, output_folder
+from .options import add_threads_argument
 from .progress import progress_printer
 
 
@@ -35,7 +36,10 @@ def _add_model_args(p: argparse.ArgumentParser, reverse: bool = True) -> None:
             "--base", default="", help="with a fine-tuned UNet folder: the UNet it was fine-tuned from"
         )
     p.add_argument(
-        "--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"], help="weight precision"
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp16", "bf16", "fp32"],
+        help="weight precision (auto: fp16 on a GPU, fp32 on the CPU)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--config-dir", default="", help=argparse.SUPPRESS)  # configs for a non-xt single file
@@ -162,21 +166,46 @@ def register(sub) -> None:
     )
     p.add_argument("--width", type=int, default=0, help="resize keyframes to this width (multiple of 64)")
     p.add_argument("--height", type=int, default=0, help="resize keyframes to this height (multiple of 64)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-guidance", type=float, default=1.0)
-    p.add_argument("--max-guidance", type=float, default=3.0)
-    p.add_argument("--fusion", default="average", choices=["average", "weighted"])
-    p.add_argument("--noise-injection-ratio", type=float, default=0.5)
-    p.add_argument("--noise-injection-steps", type=int, default=5)
-    p.add_argument("--motion-bucket-id", type=int, default=127)
+    p.add_argument("--steps", type=int, default=50, help="denoising steps")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (segment k uses seed + k)")
+    p.add_argument(
+        "--min-guidance", type=float, default=1.0, help="classifier-free guidance at the first frame"
+    )
+    p.add_argument(
+        "--max-guidance", type=float, default=3.0, help="classifier-free guidance at the last frame"
+    )
+    p.add_argument(
+        "--fusion", default="average", choices=["average", "weighted"], help="how the two branches are fused"
+    )
+    p.add_argument(
+        "--noise-injection-ratio",
+        type=float,
+        default=0.5,
+        help="share of the first steps that re-inject noise",
+    )
+    p.add_argument(
+        "--noise-injection-steps", type=int, default=5, help="re-injections per such step (0 = off)"
+    )
+    p.add_argument(
+        "--motion-bucket-id", type=int, default=127, help="SVD motion conditioning (more = more motion)"
+    )
     p.add_argument("--fps", type=int, default=7, help="SVD fps conditioning")
-    p.add_argument("--noise-aug", type=float, default=0.02)
-    p.add_argument("--decode-chunk", type=int, default=8)
-    p.add_argument("--mode", default="fused", choices=["fused", "reference"])
+    p.add_argument(
+        "--noise-aug", type=float, default=0.02, help="noise added to the keyframes before encoding"
+    )
+    p.add_argument(
+        "--decode-chunk", type=int, default=8, help="frames the VAE decodes at once (less = less memory)"
+    )
+    p.add_argument(
+        "--mode",
+        default="fused",
+        choices=["fused", "reference"],
+        help="fused: one batched UNet call per step; reference: one per branch (same result)",
+    )
     p.add_argument("--offload", action="store_true", help="keep idle parts on the CPU")
     p.add_argument("--video-fps", type=float, default=0.0, help="MP4 frame rate (default: --fps)")
     p.add_argument("--save-latents", action="store_true", help="also write latents.pt")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_inbetween)
 
     e = sub.add_parser(
@@ -188,7 +217,7 @@ def register(sub) -> None:
         "--base", required=True, help="the UNet it was fine-tuned from (img2vid folder or svd.safetensors)"
     )
     e.add_argument("--out", required=True, help="output .safetensors")
-    e.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    e.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="precision of the file")
     e.set_defaults(func=cmd_extract)
 
     t = sub.add_parser("train-reverse-motion", help="fine-tune the reverse-motion tensors (Algorithm 1)")
@@ -197,16 +226,21 @@ def register(sub) -> None:
     _add_model_args(t, reverse=False)
     t.add_argument("--init-reverse", default="", help="start from these reverse weights (delta file)")
     t.add_argument("--base", default="", help=argparse.SUPPRESS)
-    t.add_argument("--steps", type=int, default=15000)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--weight-decay", type=float, default=1e-2)
-    t.add_argument("--grad-clip", type=float, default=1.0)
-    t.add_argument("--frames", type=int, default=14)
-    t.add_argument("--width", type=int, default=1024)
-    t.add_argument("--height", type=int, default=576)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--log-every", type=int, default=100)
-    t.add_argument("--gradient-checkpointing", action="store_true")
-    t.add_argument("--save-dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    t.add_argument("--steps", type=int, default=15000, help="optimiser steps (the paper: about 15k)")
+    t.add_argument("--batch-size", type=int, default=4, help="clips per step")
+    t.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    t.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+    t.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clipping")
+    t.add_argument("--frames", type=int, default=14, help="frames per training clip")
+    t.add_argument("--width", type=int, default=1024, help="training width")
+    t.add_argument("--height", type=int, default=576, help="training height")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--log-every", type=int, default=100, help="print the loss every n steps")
+    t.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute activations (less memory)"
+    )
+    t.add_argument(
+        "--save-dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="precision of the output file"
+    )
+    add_threads_argument(t)
     t.set_defaults(func=cmd_train)

@@ -12,6 +12,7 @@ import sys
 
 from ..pipelines.errors import PipelineError
 from . import inbetween, queue, refine, remove, two_stream
+from .options import Parser, apply_threads, prefer_sleeping_threads
 from .progress import end_line
 
 # In the order ``--help`` lists them.
@@ -19,7 +20,7 @@ COMMAND_GROUPS = (remove, two_stream, refine, inbetween, queue)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m keyframe_propagation",
         description="Keyframe propagation for video (the ComfyUI pack's jobs).",
     )
@@ -30,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prefer_sleeping_threads()  # before torch loads (see options.py)
     args = build_parser().parse_args(argv)
     try:
+        apply_threads(getattr(args, "threads", 0))
         return int(args.func(args) or 0)
     except PipelineError as e:
         end_line()

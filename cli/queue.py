@@ -79,10 +79,10 @@ def register(sub) -> None:
     q = sub.add_parser(
         "queue", help="queue a workflow (API or UI format) on a ComfyUI server, wait, download the outputs"
     )
-    q.add_argument("workflow")
-    q.add_argument("--server", default="http://127.0.0.1:8188")
+    q.add_argument("workflow", help="workflow .json (API format, or the editor's format)")
+    q.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI's address")
     q.add_argument("--out", default="", help="folder to download output files into")
-    q.add_argument("--timeout", type=float, default=3600.0)
+    q.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the prompt")
     q.add_argument(
         "--set",
         action="append",

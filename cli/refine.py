@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_threads_argument
+
 
 def register(sub) -> None:
     """Add ``refine`` to the CLI's subcommands."""
@@ -49,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights' precision")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_threads_argument(p)
     p.add_argument(
         "--working-size",
         action="store_true",
@@ -61,8 +63,6 @@ def register(sub) -> None:
 def cmd_refine(args) -> int:
     import time
 
-    import torch
-
     from ..pipelines.checks import parse_dtype
     from ..pipelines.clip import check_holes, load_image_tensor, load_masks, resolve_user_path, save_frames
     from ..pipelines.refine.lama import load_lama
@@ -70,8 +70,6 @@ def cmd_refine(args) -> int:
     from .checks import compute_device, output_image, print_notes
     from .progress import progress_printer
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     device = compute_device(args.device)
     target = output_image(args.out)
     dtype = parse_dtype(args.dtype, "--dtype")

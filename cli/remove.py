@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .checks import compute_device, output_folder, print_notes
+from .options import add_threads_argument
 from .progress import progress_printer
 
 
@@ -216,12 +217,12 @@ def register(sub) -> None:
     )
     r.add_argument("--keyframes", default="0", help="keyframe indices, e.g. '0,20' or '0-60:20'")
     r.add_argument("--edited", nargs="*", default=[], help="edited keyframe images (replace keyframes)")
-    r.add_argument("--frame-cap", type=int, default=0)
-    r.add_argument("--skip-first", type=int, default=0)
-    r.add_argument("--every-nth", type=int, default=1)
-    r.add_argument("--width", type=int, default=0)
-    r.add_argument("--height", type=int, default=0)
-    r.add_argument("--invert-mask", action="store_true")
+    r.add_argument("--frame-cap", type=int, default=0, help="use at most this many frames (0 = all)")
+    r.add_argument("--skip-first", type=int, default=0, help="skip this many frames at the start")
+    r.add_argument("--every-nth", type=int, default=1, help="use every n-th frame")
+    r.add_argument("--width", type=int, default=0, help="resize frames to this width (0 = keep)")
+    r.add_argument("--height", type=int, default=0, help="resize frames to this height (0 = keep)")
+    r.add_argument("--invert-mask", action="store_true", help="the hole is black in the masks, not white")
     r.add_argument(
         "--mask-threshold",
         type=float,
@@ -252,15 +253,17 @@ def register(sub) -> None:
     r.add_argument(
         "--work-long-side", type=int, default=512, help="with --model: long side the model runs at"
     )
+    add_threads_argument(r)
     r.set_defaults(func=cmd_remove)
 
     d = sub.add_parser(
         "demo",
         help="make a synthetic clip with known background, remove the object, report PSNR vs per-frame Telea",
     )
-    d.add_argument("--out", default="out/demo")
-    d.add_argument("--frames", type=int, default=30)
-    d.add_argument("--width", type=int, default=320)
-    d.add_argument("--height", type=int, default=192)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="out/demo", help="output folder (frames, masks, result, MP4)")
+    d.add_argument("--frames", type=int, default=30, help="frames of the synthetic clip")
+    d.add_argument("--width", type=int, default=320, help="width of the synthetic clip")
+    d.add_argument("--height", type=int, default=192, help="height of the synthetic clip")
+    d.add_argument("--seed", type=int, default=0, help="random seed of the synthetic clip")
+    add_threads_argument(d)
     d.set_defaults(func=cmd_demo)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import add_threads_argument
+
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..pipelines.two_stream.io import config_name, convert_two_stream
@@ -74,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--size", type=int, default=256, help="crop size (multiple of 8; the paper: 256)")
     t.add_argument("--keyframes", type=int, default=2, help="keyframes per example (the paper: 2)")
     t.add_argument("--steps", type=int, default=1000, help="optimiser steps in total (resume continues)")
-    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--batch-size", type=int, default=8, help="examples per batch")
     t.add_argument("--accumulate", type=int, default=4, help="batches per step (effective batch 32)")
     t.add_argument("--lr", type=float, default=3.2e-4, help="generator learning rate")
     t.add_argument("--disc-lr-factor", type=float, default=0.1, help="discriminator lr / generator lr")
@@ -83,9 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--perceptual-weights", default="", help="ADE20k ResNet50-dilated encoder weights")
     t.add_argument("--perceptual-weight", type=float, default=30.0, help="weight of the perceptual loss")
     t.add_argument("--flow", default="dis", choices=["dis", "none"], help="flow for the deformable writes")
-    t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--save-every", type=int, default=500)
+    t.add_argument("--log-every", type=int, default=10, help="log the losses every n steps")
+    t.add_argument("--save-every", type=int, default=500, help="write a checkpoint every n steps")
     t.add_argument("--resume", default="", help="checkpoint to continue from (its last.ckpt)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    add_threads_argument(t)
     t.set_defaults(func=cmd_train)

@@ -78,28 +78,93 @@ def module_bytes(module: torch.nn.Module) -> int:
     return int(mm.module_size(module))
 
 
-@contextmanager
-def on_compute_device(model, need_bytes: int, move: bool = True) -> Iterator[torch.device]:
-    """Run a block with ``model`` (a module, or anything with ``.to(device)``) on ComfyUI's compute
-    device; it goes back to the offload device afterwards, and the cache is emptied.
+# ----------------------------------------------------------------------------------------------
+# The pack's models in ComfyUI's model management
+# ----------------------------------------------------------------------------------------------
+class PackModel(torch.nn.Module):
+    """One of the pack's networks as ComfyUI's model management holds it (the module a
+    ``ModelPatcher`` moves): the network itself, plus tensors that travel with it outside any module
+    (the SVD UNet's 32 reverse-motion tensors, kept in a dict its attention processors read).
 
-    ComfyUI is asked first to free ``need_bytes`` on the device (its own models are unloaded if
-    needed): the pack's models are not ComfyUI-managed, so this is how room is made for them. With
-    ``move=False`` the block places the model's parts itself (the SVD sampler's offload mode).
+    A holder, not the network itself, because ComfyUI sets ``device`` and bookkeeping attributes on
+    the module it manages, and diffusers' models have a read-only ``device``.
+    """
+
+    def __init__(self, network: torch.nn.Module, extra: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.network = network
+        self.extra = extra
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.extra is not None:  # moved (and cast) with the network, in place in the shared dict
+            for k, t in self.extra.items():
+                self.extra[k] = fn(t)
+        return self
+
+
+def managed(network: torch.nn.Module, extra: dict[str, torch.Tensor] | None = None):
+    """The ``comfy.model_patcher.ModelPatcher`` holding ``network`` for ComfyUI (made the first time,
+    then kept on the network): its real size (weights, buffers and ``extra``), ComfyUI's compute
+    device as load device and its offload device, as ComfyUI's own model loaders set them."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    patcher = network.__dict__.get("_kfp_patcher")
+    if patcher is None:
+        size = int(mm.module_size(network)) + sum(
+            t.numel() * t.element_size() for t in (extra or {}).values()
+        )
+        patcher = comfy.model_patcher.ModelPatcher(
+            PackModel(network, extra),
+            load_device=mm.get_torch_device(),
+            offload_device=mm.unet_offload_device(),
+            size=size,
+        )
+        network.__dict__["_kfp_patcher"] = patcher
+    return patcher
+
+
+def load_on_compute_device(patchers: list, memory_required: int) -> torch.device:
+    """Load ``patchers`` onto ComfyUI's compute device through its model management: other models
+    are freed for them (and ``memory_required`` more bytes for the run), and they stay loaded, counted
+    by ComfyUI, until it frees them for another model. Loaded fully: the pack's networks are plain
+    torch modules, which cannot run partly offloaded."""
+    import comfy.model_management as mm
+
+    # Outside inference mode (ComfyUI runs nodes in it): weights moved here stay usable by autograd
+    # (Multiscale Refine back-propagates through the network).
+    with torch.inference_mode(False):
+        mm.load_models_gpu(list(patchers), memory_required=int(memory_required), force_full_load=True)
+    return mm.get_torch_device()
+
+
+def unload(patcher) -> None:
+    """Move a loaded model back to its offload device and drop it from ComfyUI's loaded models."""
+    import comfy.model_management as mm
+
+    for i, loaded in enumerate(mm.current_loaded_models):
+        if loaded.model is patcher:
+            with torch.inference_mode(False):
+                if loaded.model_unload():
+                    mm.current_loaded_models.pop(i)
+            return
+
+
+@contextmanager
+def on_compute_device(model: torch.nn.Module, need_bytes: int) -> Iterator[torch.device]:
+    """Run a block with ``model`` loaded on ComfyUI's compute device by ComfyUI's model management
+    (:func:`managed`, :func:`load_on_compute_device`). ``need_bytes``: what the run needs on the
+    device, the weights included (ComfyUI counts those itself; the rest is asked for as the run's
+    memory). The model stays loaded afterwards, like ComfyUI's own models, until ComfyUI frees it.
     """
     import comfy.model_management as mm
 
-    device = mm.get_torch_device()
-    mm.free_memory(need_bytes, device)
-    if move:
-        # Outside inference mode: moved weights must stay usable by autograd (Multiscale Refine).
-        with torch.inference_mode(False):
-            model.to(device)
+    patcher = managed(model)
+    device = load_on_compute_device([patcher], max(0, int(need_bytes) - patcher.model_size()))
     try:
         yield device
     finally:
-        with torch.inference_mode(False):
-            model.to(mm.unet_offload_device())
         mm.soft_empty_cache()
 
 
@@ -286,6 +351,7 @@ __all__ = [
     "NO_MODEL",
     "Flow",
     "Keyframes",
+    "PackModel",
     "PipelineError",
     "TwoStreamModel",
     "check_widgets",
@@ -294,6 +360,8 @@ __all__ = [
     "given",
     "input_roots",
     "model_file",
+    "load_on_compute_device",
+    "managed",
     "model_files",
     "module_bytes",
     "on_compute_device",
@@ -301,6 +369,7 @@ __all__ = [
     "saved_result",
     "register_model_folders",
     "torch_dtype",
+    "unload",
     "validation",
     "widget_values",
 ]

@@ -25,7 +25,9 @@ from .common import (
     Keyframes,
     comfy_progress,
     given,
-    on_compute_device,
+    load_on_compute_device,
+    managed,
+    unload,
     validation,
     widget_values,
 )
@@ -111,10 +113,20 @@ def resolve_option(option: str, what: str) -> Path:
 
 @dataclass
 class LoadedInbetween:
-    """What flows on the SVD_INBETWEEN_MODEL wire: the model (kept on the offload device) and policy."""
+    """What flows on the SVD_INBETWEEN_MODEL wire: the model and the offload policy. Its three parts
+    are held by ComfyUI's model management (:meth:`patchers`)."""
 
     model: object  # pipelines.svd.InbetweenModel
     offload: bool = False
+
+    def patchers(self) -> dict[str, object]:
+        """A ModelPatcher per part: the UNet (with the 32 reverse tensors), the VAE, the image encoder."""
+        m = self.model
+        return {
+            "unet": managed(m.unet, m.state.reverse),
+            "vae": managed(m.vae),
+            "image_encoder": managed(m.image_encoder),
+        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +224,9 @@ class ReverseSVDLoader(io.ComfyNode):
             base = resolve_option(base_unet, "base_unet") if base_unet and base_unet != NO_MODEL else None
             load_reverse(model, resolve_option(reverse_weights, "reverse_weights"), base)
         log.info("ReverseSVDLoader: %s", model.describe())
-        return io.NodeOutput(LoadedInbetween(model, offload), ui=ui.PreviewText(model.describe()))
+        loaded = LoadedInbetween(model, offload)
+        loaded.patchers()  # sized now that the reverse tensors are in
+        return io.NodeOutput(loaded, ui=ui.PreviewText(model.describe()))
 
 
 class DualDirectionalSampler(io.ComfyNode):
@@ -408,10 +422,9 @@ class DualDirectionalSampler(io.ComfyNode):
         last_frame: torch.Tensor | None = None,
         keyframes=None,
     ) -> io.NodeOutput:
-        import comfy.model_management as mm
 
         from ..pipelines.svd.conditioning import fit_keyframes
-        from ..pipelines.svd.sampler import InbetweenSettings, inbetween_keyframes
+        from ..pipelines.svd.sampler import InbetweenSettings
 
         if not isinstance(model, LoadedInbetween):
             raise PipelineError("model: connect Reverse SVD Loader's output")
@@ -424,16 +437,51 @@ class DualDirectionalSampler(io.ComfyNode):
             noise_aug_strength=noise_aug_strength, decode_chunk_size=decode_chunk_size, mode=mode,
         )  # fmt: skip
         m = model.model
-        # Room for the weights (only the largest part at a time with offload) and the activations.
-        b = m.parameter_bytes()
-        need = (max(b.values()) if model.offload else sum(b.values())) * 1.3 + 2 * 2**30
-        with on_compute_device(m, int(need), move=False) as device:
-            result = inbetween_keyframes(
-                m, keys, settings, counts, progress=comfy_progress(), device=device,
-                offload_device=mm.unet_offload_device() if model.offload else None,
-            )  # fmt: skip
+        result = _sample(model, keys, settings, counts)
         latent = {"samples": result.latents / m.vae.config.scaling_factor}
         return io.NodeOutput(result.frames, latent, ui=clip_preview(cls, result.frames, fps=float(fps)))
+
+
+def _sample(model: LoadedInbetween, keys, settings, counts):
+    """The sampler with the SVD parts loaded by ComfyUI's model management: all three at once, or with
+    offload one at a time (each is unloaded again when its step is done)."""
+    import comfy.model_management as mm
+
+    from ..pipelines.svd.sampler import inbetween_keyframes
+
+    m = model.model
+    patchers = model.patchers()
+    # Activation memory beyond the weights (which ComfyUI counts): 30 % of the weights that work at
+    # once plus 2 GiB, as before the parts were ComfyUI-managed.
+    b = m.parameter_bytes()
+    working = (
+        max(b["unet"] + b["reverse"], b["vae"], b["image_encoder"]) if model.offload else sum(b.values())
+    )
+    activations = int(0.3 * working + 2 * 2**30)
+    if not model.offload:
+        device = load_on_compute_device(list(patchers.values()), activations)
+        try:
+            return inbetween_keyframes(m, keys, settings, counts, progress=comfy_progress(), device=device)
+        finally:
+            mm.soft_empty_cache()
+
+    def place(part: str, working: bool) -> None:
+        if working:
+            load_on_compute_device([patchers[part]], activations)
+        else:
+            unload(patchers[part])
+
+    for p in patchers.values():
+        unload(p)  # idle parts wait on the offload device
+    m.placer = place
+    try:
+        return inbetween_keyframes(
+            m, keys, settings, counts, progress=comfy_progress(), device=mm.get_torch_device(),
+            offload_device=mm.unet_offload_device(),
+        )  # fmt: skip
+    finally:
+        m.placer = None
+        mm.soft_empty_cache()
 
 
 def _segments(

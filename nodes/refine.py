@@ -22,6 +22,7 @@ from .common import (
     TwoStreamModel,
     comfy_progress,
     given,
+    managed,
     model_file,
     model_files,
     module_bytes,
@@ -93,6 +94,7 @@ class InpaintModelLoader(io.ComfyNode):
 
         path = model_file("inpaint", model_name, _LAMA_HINT)
         model = load_lama(path, device=mm.unet_offload_device(), dtype=torch_dtype(dtype))
+        managed(model)  # held by ComfyUI's model management from now on
         return io.NodeOutput(model)
 
 

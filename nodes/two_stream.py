@@ -1,8 +1,8 @@
 """TwoStreamModelLoader: the two-stream generator (SPEC A) from ComfyUI/models/two_stream.
 
 The maths and the file formats are in ``pipelines/two_stream/``; this module is the ComfyUI glue:
-model folder, dtype, device placement through ComfyUI's model management (the weights wait on the
-offload device; Two-Stream Inpaint moves them to the compute device while it runs).
+model folder, dtype, and a ModelPatcher so ComfyUI's model management holds the weights (Two-Stream
+Inpaint loads them onto the compute device; ComfyUI frees them when another model needs the room).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from comfy_api.latest import io
 
 from ..pipelines.checks import DTYPES
 from ..pipelines.two_stream.io import load_two_stream
-from .common import CATEGORY, TwoStreamModel, given, model_file, model_files, torch_dtype, validation
+from .common import CATEGORY, TwoStreamModel, given, managed, model_file, model_files, torch_dtype, validation
 
 _HINT = "put a two-stream checkpoint (.ckpt or .safetensors) in ComfyUI/models/two_stream"
 
@@ -70,6 +70,7 @@ class TwoStreamModelLoader(io.ComfyNode):
 
         path = model_file("two_stream", model_name, _HINT)
         model = load_two_stream(path, device=mm.unet_offload_device(), dtype=torch_dtype(dtype))
+        managed(model)  # held by ComfyUI's model management from now on
         return io.NodeOutput(model)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import cpu_torchvision
 import numpy as np
 import torch
 from conftest import COMFYUI_PATH, DATA, REPO
@@ -32,6 +33,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def comfyui_python() -> list[str]:
+    """How to start ComfyUI's main.py: ``python main.py``, or, where this Python's torchvision does not
+    import on its own (a build for another torch), through the same hook as the tests
+    (tests/cpu_torchvision.py) so ComfyUI starts as it would with a matching torchvision."""
+    if not cpu_torchvision.needed():
+        return [sys.executable, "main.py"]
+    tests = str(Path(__file__).resolve().parent)
+    boot = (
+        f"import runpy, sys; sys.path.insert(0, {tests!r}); import cpu_torchvision; "
+        "cpu_torchvision.install(); sys.path.pop(0); sys.argv = ['main.py', *sys.argv[1:]]; "
+        "runpy.run_path('main.py', run_name='__main__')"
+    )
+    return [sys.executable, "-c", boot]
+
+
 class Server:
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -42,8 +58,7 @@ class Server:
 
     def start(self, timeout: float = 120.0) -> None:
         cmd = [
-            sys.executable,
-            "main.py",
+            *comfyui_python(),
             "--cpu",
             "--listen",
             "127.0.0.1",

@@ -9,7 +9,12 @@ import re
 import sys
 from pathlib import Path
 
+import cpu_torchvision
 import pytest
+
+# A torchvision built for another torch (the registry's CUDA build next to a CPU torch) breaks every
+# import of it, transformers' included: make its pure-Python parts import (a no-op elsewhere).
+cpu_torchvision.install()
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("KFP_DATA", REPO.parent / "shared" / "data"))
@@ -17,8 +22,26 @@ REFERENCE = REPO.parent / "shared" / "reference"
 COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH", Path.home() / "comfy" / "ComfyUI")).expanduser()
 
 
+# Set by .ci/run once it has installed ComfyUI's requirements: then a ComfyUI that cannot start fails
+# the integration tests instead of skipping them.
+REQUIRE_COMFYUI = os.environ.get("KFP_REQUIRE_COMFYUI", "") not in ("", "0")
+
+
 def comfyui_available() -> bool:
     return (COMFYUI_PATH / "main.py").is_file() and (COMFYUI_PATH / "comfy_api").is_dir()
+
+
+def comfyui_missing_reason() -> str:
+    if (COMFYUI_PATH / "main.py").is_file():
+        return f"ComfyUI at {COMFYUI_PATH} has no comfy_api (the V3 node API needs ComfyUI 0.3.64 or newer)"
+    return f"no ComfyUI checkout at {COMFYUI_PATH} (set COMFYUI_PATH)"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip (ComfyUI is optional), or fail where .ci/run has installed it (KFP_REQUIRE_COMFYUI=1)."""
+    if REQUIRE_COMFYUI:
+        pytest.fail(f"{reason} (KFP_REQUIRE_COMFYUI is set)", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +56,7 @@ def comfy_nodes(tmp_path_factory):
     """The pack's node module, imported with ComfyUI's API on sys.path (no server). Previews the nodes
     save go to a temporary folder, not into the checkout's temp/."""
     if not comfyui_available():
-        pytest.skip(f"no ComfyUI checkout at {COMFYUI_PATH} (set COMFYUI_PATH)")
+        skip_or_fail(comfyui_missing_reason())
     if str(COMFYUI_PATH) not in sys.path:
         sys.path.insert(0, str(COMFYUI_PATH))
     try:
@@ -42,9 +65,9 @@ def comfy_nodes(tmp_path_factory):
         args.cpu = True  # as `main.py --cpu`: this machine has no GPU
         import comfy_api.latest  # noqa: F401
     except ModuleNotFoundError as e:  # ComfyUI's requirements missing
-        pytest.skip(f"ComfyUI at {COMFYUI_PATH} does not import: {missing_modules_hint([str(e.name)])}")
+        skip_or_fail(f"ComfyUI at {COMFYUI_PATH} does not import: {missing_modules_hint([str(e.name)])}")
     except Exception as e:
-        pytest.skip(f"ComfyUI at {COMFYUI_PATH} does not import: {type(e).__name__}: {e}")
+        skip_or_fail(f"ComfyUI at {COMFYUI_PATH} does not import: {type(e).__name__}: {e}")
     import folder_paths
 
     folder_paths.set_temp_directory(str(tmp_path_factory.mktemp("comfy_temp")))
@@ -75,7 +98,7 @@ def comfy_server(tmp_path_factory):
     tiny random models under the templates' names and the inputs the tests queue (see
     comfy_fixtures.shared_base). Skipped, with the reason, when ComfyUI is absent or cannot start."""
     if not comfyui_available():
-        pytest.skip(f"no ComfyUI checkout at {COMFYUI_PATH} (set COMFYUI_PATH)")
+        skip_or_fail(comfyui_missing_reason())
     from comfy_fixtures import Server, shared_base
 
     srv = Server(shared_base(tmp_path_factory.mktemp("comfy_base")))
@@ -85,7 +108,7 @@ def comfy_server(tmp_path_factory):
         srv.stop()
         missing = sorted(set(re.findall(r"No module named '([^']+)'", str(e))))
         if missing:  # ComfyUI's own requirements are not installed: not the pack's failure
-            pytest.skip(f"ComfyUI at {COMFYUI_PATH} cannot start: {missing_modules_hint(missing)}")
+            skip_or_fail(f"ComfyUI at {COMFYUI_PATH} cannot start: {missing_modules_hint(missing)}")
         raise
     try:
         yield srv
@@ -94,10 +117,14 @@ def comfy_server(tmp_path_factory):
 
 
 def missing_modules_hint(missing: list[str]) -> str:
-    """What to tell a user whose ComfyUI lacks modules: which, and the command that installs them."""
+    """What to tell a user whose ComfyUI lacks modules: which, and the command that installs them
+    (ComfyUI's requirements without its torch lines, so the torch already installed stays)."""
+    req = COMFYUI_PATH / "requirements.txt"
     return (
-        f"missing Python modules {', '.join(missing)}; install ComfyUI's requirements with "
-        f"'python -m pip install -r {COMFYUI_PATH / 'requirements.txt'}' (torch excluded: see README)"
+        f"missing Python modules {', '.join(missing)}; install ComfyUI's requirements, keeping your torch: "
+        f"grep -vE '^(torch|torchvision|torchaudio)([<>=!~ ]|$)' {req} > /tmp/comfyui-req.txt && "
+        f"{Path(sys.executable).name} -m pip install -r /tmp/comfyui-req.txt requests "
+        "(or run bash .ci/run, which does this and runs the tests)"
     )
 
 

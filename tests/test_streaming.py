@@ -101,9 +101,9 @@ def test_headers_are_checked_before_decoding(tmp_path):
     (tmp_path / "huge" / "00000.png").write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
     )
-    with pytest.raises(PipelineError, match=r"frames: .*00000\.png.*(huge image|16000x16000)"):
+    with pytest.raises(PipelineError, match=r"frames: .*00000\.png.*(16000x16000|256 Mpx)"):
         fr.open_frames(tmp_path / "huge")
-    with pytest.raises(PipelineError, match=r"frames: .*(huge image|16000x16000)"):
+    with pytest.raises(PipelineError, match=r"frames: .*(16000x16000|256 Mpx)"):
         fr.load_image_tensor(tmp_path / "huge" / "00000.png", "frames")
 
 

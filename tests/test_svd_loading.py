@@ -14,7 +14,13 @@ import sys
 
 import pytest
 import torch
-from conftest import COMFYUI_PATH, comfyui_available
+from conftest import (
+    COMFYUI_PATH,
+    comfyui_available,
+    comfyui_missing_reason,
+    missing_modules_hint,
+    skip_or_fail,
+)
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -132,7 +138,7 @@ def test_reverse_weight_errors_name_the_file(models, tmp_path):
 # ----------------------------------------------------------------------------------------------
 def _comfy_modules():
     if not comfyui_available():
-        pytest.skip(f"no ComfyUI checkout at {COMFYUI_PATH} (its SVD modules define the original layout)")
+        skip_or_fail(f"{comfyui_missing_reason()}: its SVD modules define the original layout")
     if str(COMFYUI_PATH) not in sys.path:
         sys.path.insert(0, str(COMFYUI_PATH))
     try:
@@ -143,8 +149,10 @@ def _comfy_modules():
         from comfy.clip_vision import convert_to_transformers
         from comfy.ldm.models.autoencoder import AutoencodingEngine
         from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    except ModuleNotFoundError as e:  # ComfyUI's requirements missing
+        skip_or_fail(f"ComfyUI at {COMFYUI_PATH} does not import: {missing_modules_hint([str(e.name)])}")
     except Exception as e:
-        pytest.skip(f"ComfyUI does not import: {e}")
+        skip_or_fail(f"ComfyUI at {COMFYUI_PATH} does not import: {type(e).__name__}: {e}")
     # The tiny UNet of tiny.py in ComfyUI's (= sgm's) VideoUNet layout.
     unet = UNetModel(
         image_size=None, in_channels=8, model_channels=32, out_channels=4, num_res_blocks=[1, 1],

@@ -174,7 +174,7 @@ def test_trained_checkpoint_loads_into_the_node(trained, comfy_nodes):
     clip = make_clip(num_frames=5, height=48, width=64, seed=2)
     inpaint = comfy_nodes.TwoStreamInpaint
     args = {i.id: i.default for i in inpaint.GET_SCHEMA().inputs if getattr(i, "default", None) is not None}
-    filled, _ = inpaint.execute(**args | {"images": clip.frames, "masks": clip.masks, "model": model}).result
+    filled = inpaint.execute(**args | {"images": clip.frames, "masks": clip.masks, "model": model}).result[0]
     known = clip.masks < 0.5
     assert torch.equal(filled[known], clip.frames[known])
 

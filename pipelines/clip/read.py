@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -62,9 +63,12 @@ def image_size(path: Path, what: str) -> tuple[int, int]:
         with Image.open(path) as im:
             w, h = im.size
     except Image.DecompressionBombError as e:
+        # PIL refuses the header before giving the size; its message carries the pixel count.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"declares {int(found.group(1)) / 1e6:.0f} Mpx" if found else "declares a size"
         raise PipelineError(
-            f"{what}: cannot read image '{path}' (its declared size is over the image reader's pixel "
-            "limit); resize it (e.g. to 3840x2160) first"
+            f"{what}: '{path}' {size}, over the limit of {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx per image; "
+            "resize it (e.g. to 3840x2160) first"
         ) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise PipelineError(

@@ -8,7 +8,7 @@ together with those 32 tensors; the attention processors use them for the revers
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +32,8 @@ class InbetweenModel:
     scheduler_config: config of the ``EulerDiscreteScheduler`` (EDM: Karras sigmas, v-prediction).
     image_mean / image_std: CLIP normalisation of the image encoder's input.
     reverse: the reverse model's tensors by state-dict name (empty: reverse = forward weights).
+    placer: if set, :meth:`place` calls ``placer(part, working)`` instead of moving the part itself
+        (ComfyUI's model management places the parts in the nodes).
     """
 
     unet: torch.nn.Module
@@ -44,6 +46,7 @@ class InbetweenModel:
     reverse_source: str = ""
     notes: list[str] = field(default_factory=list)
     state: DualAttentionState = field(default_factory=DualAttentionState)
+    placer: Callable[[str, bool], None] | None = None
 
     def __post_init__(self) -> None:
         for m in (self.unet, self.vae, self.image_encoder):
@@ -120,8 +123,12 @@ class InbetweenModel:
             self.state.reverse[k] = w.to(**kw)
         return self
 
-    def place(self, part: str, device: torch.device | str) -> None:
-        """Move one part ('unet' with its reverse tensors, 'vae', 'image_encoder') to ``device``."""
+    def place(self, part: str, device: torch.device | str, working: bool = True) -> None:
+        """Move one part ('unet' with its reverse tensors, 'vae', 'image_encoder') to ``device``:
+        where it works (``working``) or where it waits (the offload device)."""
+        if self.placer is not None:
+            self.placer(part, working)
+            return
         module = getattr(self, part)
         if _needs_move(module, device, None):
             module.to(device)

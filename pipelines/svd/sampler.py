@@ -271,7 +271,7 @@ def sample_latents(
     emb_f = clip_embedding(model, img_f, device).to(dt)
     emb_l = clip_embedding(model, img_l, device).to(dt) if s.branches != "forward" else emb_f
     if off is not None:
-        model.place("image_encoder", off)
+        model.place("image_encoder", off, working=False)
     if off is not None:
         model.place("vae", device)
     aug_noise = _randn(tuple(img_f.shape), gen, device, torch.float32)  # shared by both keyframes
@@ -280,7 +280,7 @@ def sample_latents(
         vae_latent(model, img_l, aug_noise, s.noise_aug_strength).to(dt) if s.branches != "forward" else lat_f
     )
     if off is not None:
-        model.place("vae", off)
+        model.place("vae", off, working=False)
     expected = model.unet.add_embedding.linear_1.in_features
     if model.unet.config.addition_time_embed_dim * 3 != expected:
         raise PipelineError(
@@ -320,7 +320,7 @@ def sample_latents(
                     f"denoising step {i + 1}/{s.steps}" + (f", re-injection {r}/{repeats - 1}" if r else ""),
                 )
     if off is not None:
-        model.place("unet", off)
+        model.place("unet", off, working=False)
     return z[0]
 
 
@@ -418,7 +418,7 @@ def inbetween_keyframes(
                 model.place("vae", dev)
             fr = decode_latents(model, lat, settings.decode_chunk_size, progress, done, total, dev)
             if offload_device is not None:
-                model.place("vae", offload_device)
+                model.place("vae", offload_device, working=False)
             done += chunks[k]
             check_finite_result(fr, f"segment {k + 1}: the decoded frames", _NONFINITE_HINT)
             frames.append(fr if k == 0 else fr[1:])
