@@ -401,7 +401,7 @@ NODE_ERRORS: list[tuple[str, Callable[[Ctx], object], str]] = [
     ("kf-mask-count", _too_many_masks, r"masks: .*(neither|no mask for)"),
     ("kf-mask-corrupt", _corrupt_masks, r"masks: cannot read mask image .*00002\.png"),
     ("kf-mask-header-too-big", _huge_mask, r"masks: 'big\.png' is larger than the image reader allows"),
-    ("kf-frame-header-too-big", _huge_frame, r"frames: cannot read image .*pixel limit"),
+    ("kf-frame-header-too-big", _huge_frame, r"frames: '.*00000\.png' declares 1600 Mpx, over the limit"),
     (
         "kf-mask-nan",
         lambda c: c.run("LoadKeyframes", images=_frames(), mask=_masks() * float("nan")),
