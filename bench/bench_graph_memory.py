@@ -16,7 +16,8 @@ queues the graph over HTTP and reads the server's peak RSS (``VmHWM``) when it h
 
 DIS ultrafast keeps the runs short; the server runs torch on one thread (OMP_NUM_THREADS=1 unless set),
 which changes the time, not the memory. Prints one table (peak RSS, above the idle server, ratio to the
-shortest clip) and writes bench/out/graph_memory.json.
+shortest clip, and the highest RSS in each quarter of the run) and writes
+bench/out/graph_memory_<W>x<H>.json (after every run, with each run's RSS timeline).
 
     python bench/bench_graph_memory.py --frames 100,300,1000 --size 1080p --graphs image,stream
 """
@@ -142,22 +143,38 @@ def vm(pid: int, field: str) -> float:
 
 
 class _Peak:
-    """Samples a process's resident memory every 0.2 s (its peak survives the process being killed)."""
+    """Samples a process's resident memory every 0.2 s (its peak survives the process being killed),
+    and keeps a timeline of it (one sample a second) to tell a window filling up from steady growth."""
 
     def __init__(self, pid: int) -> None:
         import threading
 
         self.pid, self.peak, self._stop = pid, 0.0, False
+        self.timeline: list[tuple[float, float]] = []  # (seconds since the start, RSS GiB)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        t0 = time.monotonic()
         while not self._stop:
             try:
                 self.peak = max(self.peak, vm(self.pid, "VmHWM"))
+                now = time.monotonic() - t0
+                if not self.timeline or now - self.timeline[-1][0] >= 1.0:
+                    self.timeline.append((round(now, 1), round(vm(self.pid, "VmRSS"), 3)))
             except OSError:  # the process is gone
                 return
             time.sleep(0.2)
+
+    def quarters(self) -> list[float]:
+        """The highest RSS (GiB) in each quarter of the run: flat when memory does not grow."""
+        if not self.timeline:
+            return []
+        end = self.timeline[-1][0] or 1.0
+        return [
+            max((r for t, r in self.timeline if q * end / 4 <= t <= (q + 1) * end / 4), default=float("nan"))
+            for q in range(4)
+        ]
 
     def stop(self) -> float:
         self._stop = True
@@ -188,7 +205,8 @@ def measure(base: Path, graph: str, frames: int, timeout: float) -> dict:
     finally:
         srv.stop()
     return {"graph": graph, "frames": frames, "status": status, "idle_gib": idle, "peak_gib": high,
-            "above_idle_gib": high - idle, "wall_s": wall}  # fmt: skip
+            "above_idle_gib": high - idle, "wall_s": wall, "quarters_gib": peak.quarters(),
+            "timeline": peak.timeline}  # fmt: skip
 
 
 def main() -> None:
@@ -206,6 +224,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     header(f"ComfyUI peak RSS against clip length, {size[1]}x{size[0]}, DIS ultrafast")
     rows, results = [], []
+    out = OUT_DIR / f"graph_memory_{size[1]}x{size[0]}.json"
     with tempfile.TemporaryDirectory(prefix="kfp_graph_mem_") as tmp:
         base = Path(tmp)
         t0 = time.monotonic()
@@ -219,15 +238,17 @@ def main() -> None:
                 first = first if first is not None else (r["peak_gib"] if r["status"] == "ok" else None)
                 ratio = f"{r['peak_gib'] / first:.2f}" if first and r["status"] == "ok" else "-"
                 gib = [f"{r[k]:.2f}" for k in ("idle_gib", "peak_gib", "above_idle_gib")]
-                rows.append([graph, n, r["status"], f"{r['wall_s']:.0f}", *gib, ratio])
+                quarters = "/".join(f"{q:.2f}" for q in r["quarters_gib"])
+                rows.append([graph, n, r["status"], f"{r['wall_s']:.0f}", *gib, ratio, quarters])
                 print("  " + " | ".join(str(c) for c in rows[-1]), flush=True)
-    heads = ["graph", "frames", "status", "wall s", "idle GiB", "peak GiB", "above idle GiB", "peak / first"]
+                OUT_DIR.mkdir(exist_ok=True)  # after every run: a long bench keeps what it measured
+                out.write_text(json.dumps({"size": size, "results": results}, indent=1))
+    heads = ["graph", "frames", "status", "wall s", "idle GiB", "peak GiB", "above idle GiB", "peak / first",
+             "RSS by quarter GiB"]  # fmt: skip
     print()
     print(text_table(heads, rows))
     print()
     print(md_table(heads, rows))
-    OUT_DIR.mkdir(exist_ok=True)
-    (OUT_DIR / "graph_memory.json").write_text(json.dumps({"size": size, "results": results}, indent=1))
 
 
 if __name__ == "__main__":
