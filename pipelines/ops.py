@@ -185,3 +185,35 @@ __all__ = [
     "round_to_multiple",
     "warp",
 ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory
+# ----------------------------------------------------------------------------------------------
+_TRIM: list = []  # [glibc's malloc_trim, or None where there is none], looked up once
+
+
+def release_freed_memory() -> None:
+    """Give the memory freed since the last call back to the operating system (glibc
+    ``malloc_trim``; nothing elsewhere). Numbers are unchanged: only free memory is returned.
+
+    Why: glibc serves the allocations of a frame's work (tens of MB at 1080p) from its heap once
+    large blocks have been freed, and keeps the freed pages. Streaming a 1080p clip then held
+    ~1.5 GiB more resident memory than it used; trimming after each flow pair and each written frame
+    brings the resident size back to what is in use for a few ms per call.
+    """
+    if not _TRIM:
+        import ctypes
+        import ctypes.util
+
+        trim = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            trim = getattr(libc, "malloc_trim", None)
+        except OSError:
+            pass
+        if trim is not None:
+            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        _TRIM.append(trim)
+    if _TRIM[0] is not None:
+        _TRIM[0](0)

@@ -26,7 +26,7 @@ import torch
 from .checks import check_finite_result, check_known_pixels
 from .errors import PipelineError
 from .flow import FlowEstimator, complete_flow, fb_error, flow_pair
-from .ops import dilate, hole_box, warp
+from .ops import dilate, hole_box, release_freed_memory, warp
 from .progress import ProgressFn, report
 from .types import FlowSet, FrameSequence, FrameSink
 
@@ -165,6 +165,8 @@ class _PairFlows:
         )  # fmt: skip
         self.cache[t] = entry
         self.computed += 1
+        del fwd, bwd, err_f, err_b, trust_f, trust_b, m0, m1
+        release_freed_memory()  # the full-frame temporaries of this pair (see ops)
         return entry
 
     def evict_before(self, t: int) -> None:

@@ -23,6 +23,7 @@ import torch
 
 from ..checks import check_shape
 from ..errors import PipelineError, logger
+from ..ops import release_freed_memory
 from .paths import VIDEO_EXTENSIONS
 
 # Containers that take H.264.
@@ -305,6 +306,7 @@ class ClipWriter:
         if self._encoder is not None:
             self._encoder.add(frame)
         self._next += 1
+        release_freed_memory()  # a long clip's resident memory stays what is in use (see ops)
         return path
 
     def checkpoint(self, done: int, state: dict[str, torch.Tensor] | None = None) -> None:
