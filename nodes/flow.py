@@ -9,7 +9,8 @@ from ..pipelines.checks import as_masks
 from ..pipelines.clip import LazyClip
 from ..pipelines.errors import PipelineError
 from ..pipelines.flow import FlowEstimator, compute_flows, flow_to_color
-from ..pipelines.ops import fit_size
+from ..pipelines.ops import fit_size, resize_frame, resize_mask
+from ..pipelines.preview import fit_within
 from .common import (
     CATEGORY,
     Clip,
@@ -26,6 +27,7 @@ from .preview import flow_ui
 
 # Frames of a streamed clip whose flow the node previews (the clip's flow is computed where it is used).
 _STREAM_PREVIEW_FRAMES = 8
+_STREAM_PREVIEW_SIDE = 1024
 _RAFT_HINT = "put a torchvision RAFT state dict (.pth or .safetensors) in ComfyUI/models/optical_flow"
 
 
@@ -178,9 +180,14 @@ class FlowEstimate(io.ComfyNode):
                 raise PipelineError(
                     "images: connect the clip's frames, or a 'clip' (Load Keyframes with stream on)"
                 )
-            # The flow of a long clip is computed per chunk where it is used; preview its first frames.
+            # The flow of a long clip is computed per chunk where it is used; preview its first frames,
+            # at most _STREAM_PREVIEW_SIDE wide or high (the preview stays in ComfyUI's cache).
             n = min(len(clip), _STREAM_PREVIEW_FRAMES)
-            images, masks = clip.materialize(frame_cap=n, check_memory=False)
+            small = fit_within(*clip.size, _STREAM_PREVIEW_SIDE, _STREAM_PREVIEW_SIDE)
+            images = torch.stack(
+                [torch.from_numpy(resize_frame(clip.frame(t).numpy(), small)) for t in range(n)]
+            )
+            masks = torch.stack([resize_mask(clip.mask(t), small) for t in range(n)])
         if images.shape[0] < 2:
             raise PipelineError(f"images: flow needs at least 2 frames, got {images.shape[0]}")
         H, W = images.shape[1:3]

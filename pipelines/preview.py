@@ -178,12 +178,15 @@ def make_filmstrip(
     or lazy sequences of frames, which are read in order).
 
     The pictures are wide enough to show one frame at the node's width (the scrubber) and serve as the
-    strip's thumbnails too. Made ``batch`` frames at a time, so a long clip costs no extra memory.
+    strip's thumbnails too. Made ``batch`` frames at a time (fewer when they are large), so a long or
+    large clip costs no extra memory.
     """
     T = len(frames)
     H, W = (int(s) for s in frames[0].shape[:2])
     size = fit_within(H, W, max_width, max_height)
     idx = sample_indices(T, max_frames)
+    # Full-size frames (and masks) of a batch are held at once: at most ~256 MB of them (4 at 4K).
+    batch = max(1, min(int(batch), (256 << 20) // max(H * W * 16, 1)))
     jpegs: list[bytes] = []
     for a in range(0, len(idx), batch):
         part = idx[a : a + batch]

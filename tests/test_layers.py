@@ -20,7 +20,7 @@ COMFY = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths"
 PIPELINE_LAYERS = [
     {"errors"},
     {"progress", "types", "checks"},
-    {"ops", "weights", "ffc"},
+    {"ops", "weights", "ffc", "spill"},
     {"clip", "flow"},
     {"propagate", "preview"},
     {"two_stream", "refine", "svd"},

@@ -135,3 +135,19 @@ def test_store_replaces_a_nodes_previous_run_and_finds_the_nearest_picture():
     assert store.get(first.run) is None and len(store) == 1
     assert store.picture(second.run, 60) == b"e" and store.picture(second.run, 90) == b"f"
     assert store.picture("unknown", 0) is None
+
+
+def test_filmstrip_of_large_frames_holds_few_of_them_at_once(monkeypatch):
+    """4K frames are shrunk a few at a time (Load Keyframes on a 4K clip peaked at 7.6 GB with 32)."""
+    T, H, W = 12, 1200, 1600  # 30 MB per frame and mask: 8 at a time
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(H // 8, W // 8, 3, generator=gen)
+    frames = [base.roll(t, 1).repeat_interleave(8, 0).repeat_interleave(8, 1) for t in range(T)]
+    masks = [torch.zeros(H, W) for _ in range(T)]
+    held: list[int] = []
+    take = pv._take
+    monkeypatch.setattr(pv, "_take", lambda seq, idx: held.append(len(idx)) or take(seq, idx))
+    strip = pv.make_filmstrip(frames, masks, [0], "test")
+    assert max(held) == 8 and sum(held) == 2 * T  # frames and masks
+    one = pv.make_filmstrip(frames, masks, [0], "test", batch=1)
+    assert strip.jpegs == one.jpegs  # the same pictures

@@ -23,8 +23,9 @@ from ..types import Keyframes
 from .masks import MaskSource
 from .read import FrameSource, TensorFrames
 
-# Float frames (and masks) a view keeps: the methods read a frame a few times in a row.
-_RECENT = 3
+# Float frames (and masks) a view keeps: the methods read a frame (and its neighbour) a few times in
+# a row. Each is 100 MB at 4K.
+_RECENT = 2
 
 
 def available_memory() -> int:

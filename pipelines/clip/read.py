@@ -25,6 +25,7 @@ from PIL import Image
 from ..checks import check_int, check_shape
 from ..errors import PipelineError, wh
 from ..progress import ProgressFn, report
+from ..spill import SpillStore
 from .paths import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, fingerprint_paths, list_images
 
 # Largest image the pack decodes (8192 x 8192): a few kB of PNG can declare gigapixels, and decoding
@@ -32,12 +33,16 @@ from .paths import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, fingerprint_paths, list_i
 MAX_IMAGE_PIXELS = 1 << 26
 
 
+# Memory for a video's decoded window (uint8); beyond it the frames wait in temporary files.
+_WINDOW_BYTES = 64 * 2**20
+
+
 def _to_float(array: np.ndarray) -> np.ndarray:
     """Any integer/float image -> float32 in [0, 1] (16-bit PNGs scale by 65535, not 255)."""
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
+    if array.dtype in (np.uint8, np.uint16):
+        out = array.astype(np.float32)
+        out /= 255.0 if array.dtype == np.uint8 else 65535.0  # in place: one 4K frame, not two
+        return out
     if array.dtype in (np.float32, np.float64, np.float16):
         return np.clip(array.astype(np.float32), 0.0, 1.0)
     if array.dtype == np.int8:
@@ -262,7 +267,10 @@ class VideoFile(FrameSource):
         self.fps = fps / every_nth if fps > 0 else 0.0
         self._wanted = set(self.selected)
         self._window = 8
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        # The decoded window in order of use; the frames themselves in memory up to a budget (a 4K
+        # window is four times a 1080p one), in temporary files beyond it.
+        self._cache: OrderedDict[int, None] = OrderedDict()
+        self._store = SpillStore(_WINDOW_BYTES, "frames")
         self._container = None
         self._frames = None  # the decoder's iterator
         self._next = 0  # source index of the next decoded frame
@@ -300,6 +308,7 @@ class VideoFile(FrameSource):
         self._next = 0
 
     def close(self) -> None:
+        """Close the decoder (the decoded window stays: reading on reopens)."""
         if self._container is not None:
             self._container.close()
         self._container, self._frames = None, None
@@ -329,10 +338,11 @@ class VideoFile(FrameSource):
                 if index in self._wanted:
                     rgb = frame.to_ndarray(format=fmt)
                     self._check(rgb, f"frame {index}")
-                    self._cache[index] = rgb
+                    self._cache[index] = None
+                    self._store[index] = {"rgb": torch.from_numpy(np.ascontiguousarray(rgb))}
                     while len(self._cache) > self._window:
-                        self._cache.popitem(last=False)
-        rgb = self._cache[target]
+                        self._store.pop(self._cache.popitem(last=False)[0])
+        rgb = self._store[target]["rgb"].numpy()
         self._cache.move_to_end(target)
         return _to_float(rgb), None
 

@@ -113,6 +113,13 @@ def video_path(path: Path) -> Path:
     return path.with_suffix(".mp4") if suffix in VIDEO_EXTENSIONS else path.with_name(path.name + ".mp4")
 
 
+def _lookahead_option(size: tuple[int, int]) -> dict[str, str]:
+    """x264 holds its rate-control lookahead (40 frames by default) in memory: about 1 GB at 4K.
+    Larger frames get a shorter one (~150 MB of frames, at least 10); 1080p and below keep x264's."""
+    frames = int(150e6 // max(1.5 * size[0] * size[1], 1))
+    return {} if frames >= 40 else {"rc-lookahead": str(max(10, frames))}
+
+
 class VideoEncoder:
     """An H.264 (yuv420p) video written frame by frame to a temporary file, renamed when closed.
 
@@ -145,7 +152,7 @@ class VideoEncoder:
             self._stream.width, self._stream.height = self.even[1], self.even[0]
             self._stream.pix_fmt = "yuv420p"
             if codec == "libx264":
-                self._stream.options = {"crf": str(int(crf))}
+                self._stream.options = {"crf": str(int(crf)), **_lookahead_option(self.even)}
         except Exception:
             self.abort()
             raise
