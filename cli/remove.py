@@ -26,6 +26,8 @@ def _config_from_args(args):
         mask_dilation=args.mask_dilation,
         consistency=args.consistency,
         telea_radius=args.telea_radius,
+        ghost_check=args.ghost_check if args.ghost_check > 0 else None,
+        unseen_fill="carried" if getattr(args, "fill_model", "") else args.unseen_fill.replace("-", "_"),
     )
 
 
@@ -36,16 +38,32 @@ def _add_propagation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--consistency", type=float, default=1.0, help="flow consistency threshold (px)")
     p.add_argument("--telea-radius", type=int, default=5, help="radius of the per-frame fallback")
     p.add_argument("--preset", default="medium", choices=["ultrafast", "fast", "medium"], help="DIS preset")
+    p.add_argument(
+        "--unseen-fill",
+        default="per-frame",
+        choices=["per-frame", "carried"],
+        help="pixels no frame shows: filled in every frame on its own, or filled once and carried on "
+        "with the flow (stable from frame to frame); always carried with --fill-model",
+    )
+    p.add_argument(
+        "--ghost-check",
+        type=float,
+        default=0.0,
+        help="refuse as sources pixels near the hole that do not move like the background (colour "
+        "difference 0-1 where the background's motion puts them in the next or previous frame); stops "
+        "ghost copies of objects crossing under the hole; 0 = off",
+    )
 
 
 def cmd_remove(args) -> int:
     from ..pipelines.clip import ClipWriter, load_image_tensor, open_clip, resolve_user_path
     from ..pipelines.flow import FlowEstimator
-    from ..pipelines.propagate import PackedState, Resume, propagate_fill
+    from ..pipelines.propagate import FillStats, PackedState, Resume, propagate_fill
 
     output_folder(args.out, create=False)  # refused now, made once the inputs are read
-    if args.model:  # refused before the clip is read
+    if args.model or args.fill_model:  # refused before the clip is read
         args.device = str(compute_device(args.device or "auto"))
+    fill = _fill_from_args(args)
     clip = open_clip(
         resolve_user_path(args.frames, [], what="frames"),
         resolve_user_path(args.masks, [], what="masks") if args.masks else None,
@@ -74,6 +92,8 @@ def cmd_remove(args) -> int:
     reach = (args.generate_every if args.model else cfg.chunk) + cfg.lookahead + 2
     frames, masks, edited = clip.frames(reach), clip.masks(), clip.keyframes.edited
 
+    stats = FillStats()
+
     def sink(t, filled, unseen):
         writer.write(t, filled)
 
@@ -83,7 +103,7 @@ def cmd_remove(args) -> int:
     try:
         with writer:
             if args.model:
-                _remove_with_model(args, frames, masks, edited, sink, resume, on_chunk)
+                _remove_with_model(args, frames, masks, edited, sink, resume, on_chunk, fill, stats)
             else:
                 propagate_fill(
                     frames,
@@ -95,6 +115,8 @@ def cmd_remove(args) -> int:
                     progress=progress_printer("remove"),
                     resume=resume,
                     on_chunk=on_chunk,
+                    fill=fill,
+                    stats=stats,
                 )
             _, video = writer.finish()
     except KeyboardInterrupt:
@@ -105,7 +127,24 @@ def cmd_remove(args) -> int:
         )
         return 130
     print(f"wrote {T - writer.start} frames and {video} to {out}")
+    if stats.frames:
+        print(stats.summary() + (" by LaMa" if args.fill_model else " by Telea"))
     return 0
+
+
+def _fill_from_args(args):
+    """``--fill-model``: the LaMa fill of never-seen pixels (None = Telea)."""
+    if not args.fill_model:
+        return None
+    from ..pipelines.checks import parse_dtype
+    from ..pipelines.clip import resolve_user_path
+    from ..pipelines.refine.lama import load_lama
+    from ..pipelines.refine.multiscale import RefineConfig, frame_filler
+
+    path = resolve_user_path(args.fill_model, [], what="fill-model")
+    model = load_lama(path, device=args.device, dtype=parse_dtype(args.dtype, "--dtype"))
+    print(f"fill model: {Path(path).name} on {args.device}, {args.dtype}", file=sys.stderr)
+    return frame_filler(model, RefineConfig(n_iters=args.fill_refine_iters), device=args.device)
 
 
 def _fingerprint(args, clip) -> str:
@@ -120,10 +159,17 @@ def _fingerprint(args, clip) -> str:
     h.update(repr([(k, getattr(args, k, None)) for k in keys]).encode())
     if args.model:
         h.update(fingerprint_paths(args.model).encode())
+    h.update(
+        repr([(k, getattr(args, k)) for k in ("unseen_fill", "ghost_check", "fill_refine_iters")]).encode()
+    )
+    if args.fill_model:
+        h.update(fingerprint_paths(args.fill_model).encode())
     return h.hexdigest()
 
 
-def _remove_with_model(args, frames, masks, edited, sink, resume=None, on_chunk=None) -> None:
+def _remove_with_model(
+    args, frames, masks, edited, sink, resume=None, on_chunk=None, fill=None, stats=None
+) -> None:
     """``remove --model``: the two-stream video protocol (as TwoStreamInpaint with a model)."""
     from ..pipelines.checks import parse_dtype
     from ..pipelines.flow import FlowEstimator
@@ -154,6 +200,8 @@ def _remove_with_model(args, frames, masks, edited, sink, resume=None, on_chunk=
         progress=progress_printer("remove (chunks)"),
         resume=resume,
         on_chunk=on_chunk,
+        fill=fill,
+        stats=stats,
     )
 
 
@@ -240,6 +288,19 @@ def register(sub) -> None:
         default="",
         help="two-stream model (.ckpt or .safetensors): use the paper's "
         "video protocol instead of flow propagation alone",
+    )
+    r.add_argument(
+        "--fill-model",
+        default="",
+        help="LaMa weights (big-lama.pt, best.ckpt or .safetensors) to fill the pixels no frame shows "
+        "where they first appear; the fill is carried on to the next frames with the flow",
+    )
+    r.add_argument(
+        "--fill-refine-iters",
+        type=int,
+        default=0,
+        help="with --fill-model: 0 = one plain pass; more = refine its fill over an image pyramid with "
+        "this many iterations per level (as the refine command)",
     )
     r.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model precision")
     r.add_argument("--device", default="", help="model device (default cuda if available, else cpu)")

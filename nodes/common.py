@@ -6,7 +6,7 @@ Everything that touches ComfyUI lives in ``nodes/``; the maths is in ``pipelines
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -152,16 +152,21 @@ def unload(patcher) -> None:
 
 
 @contextmanager
-def on_compute_device(model: torch.nn.Module, need_bytes: int) -> Iterator[torch.device]:
-    """Run a block with ``model`` loaded on ComfyUI's compute device by ComfyUI's model management
-    (:func:`managed`, :func:`load_on_compute_device`). ``need_bytes``: what the run needs on the
-    device, the weights included (ComfyUI counts those itself; the rest is asked for as the run's
-    memory). The model stays loaded afterwards, like ComfyUI's own models, until ComfyUI frees it.
+def on_compute_device(
+    model: torch.nn.Module | Sequence[torch.nn.Module], need_bytes: int
+) -> Iterator[torch.device]:
+    """Run a block with ``model`` (or several models, loaded together) on ComfyUI's compute device by
+    ComfyUI's model management (:func:`managed`, :func:`load_on_compute_device`). ``need_bytes``: what
+    the run needs on the device, the weights included (ComfyUI counts those itself; the rest is asked
+    for as the run's memory). The models stay loaded afterwards, like ComfyUI's own models, until
+    ComfyUI frees them.
     """
     import comfy.model_management as mm
 
-    patcher = managed(model)
-    device = load_on_compute_device([patcher], max(0, int(need_bytes) - patcher.model_size()))
+    models = [model] if isinstance(model, torch.nn.Module) else list(model)
+    patchers = [managed(m) for m in models]
+    weights = sum(p.model_size() for p in patchers)
+    device = load_on_compute_device(patchers, max(0, int(need_bytes) - weights))
     try:
         yield device
     finally:

@@ -7,6 +7,8 @@ every n-th frame from keyframes, the frames in between are propagated from the g
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from comfy_api.latest import io
 
@@ -14,7 +16,8 @@ from ..pipelines.checks import as_masks
 from ..pipelines.clip import LazyClip
 from ..pipelines.errors import PipelineError
 from ..pipelines.flow import FlowEstimator
-from ..pipelines.propagate import PackedState, PropagationConfig, Resume, propagate_fill
+from ..pipelines.propagate import FillStats, PackedState, PropagationConfig, Resume, propagate_fill
+from ..pipelines.refine.multiscale import Refinable, RefineConfig, frame_filler, pyramid_sizes
 from ..pipelines.two_stream.model import TwoStreamGenerator
 from ..pipelines.two_stream.video import TwoStreamVideoConfig, parse_offsets, remove_with_model, working_size
 from .common import (
@@ -31,6 +34,13 @@ from .common import (
 )
 from .output import ClipOutput, job_fingerprint, module_fingerprint, video_of
 from .preview import clip_preview
+from .refine import _BYTES_PER_PIXEL as _REFINE_BYTES_PER_PIXEL
+from .refine import InpaintModel
+
+# The unseen_fill choices and the PropagationConfig values they stand for.
+UNSEEN_FILL_OPTIONS = {"per frame": "per_frame", "carried": "carried"}
+_UNSEEN_DEFAULT = "per frame"
+_GHOST_DEFAULT = 0.0
 
 
 class TwoStreamInpaint(io.ComfyNode):
@@ -155,6 +165,45 @@ class TwoStreamInpaint(io.ComfyNode):
                     "input names) and an MP4 are written as they are made. Needed with 'clip'. Queueing "
                     "the same prompt again after Cancel continues from the last complete chunk.",
                 ),
+                InpaintModel.Input(
+                    "fill_model",
+                    optional=True,
+                    tooltip="An image inpainter (Inpaint Model Loader: LaMa) for the pixels no frame "
+                    "shows: it fills them where they first appear and the fill is carried on to the next "
+                    "frames with the flow (unseen_fill 'carried'). Empty = OpenCV Telea.",
+                ),
+                io.Combo.Input(
+                    "unseen_fill",
+                    options=list(UNSEEN_FILL_OPTIONS),
+                    default=_UNSEEN_DEFAULT,
+                    optional=True,
+                    tooltip="Pixels no frame shows: 'per frame' fills them in every frame on its own; "
+                    "'carried' fills them once and carries the fill on with the flow, so it stays put "
+                    "from frame to frame (filled again only where the flow breaks). With a fill_model "
+                    "always 'carried'.",
+                ),
+                io.Float.Input(
+                    "ghost_check",
+                    default=_GHOST_DEFAULT,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
+                    tooltip="Refuse as sources the pixels near the hole that do not move like the "
+                    "background (a passer-by): their colour differs by more than this (0-1) from where "
+                    "the background's motion puts them in the next or previous frame. Stops ghost "
+                    "copies of objects that cross under the hole. 0 = off.",
+                ),
+                io.Int.Input(
+                    "fill_refine_iters",
+                    default=0,
+                    min=0,
+                    max=1000,
+                    optional=True,
+                    tooltip="With a fill_model: 0 = one plain pass of it; more = refine its fill over "
+                    "an image pyramid with this many iterations per level (Multiscale Refine's method "
+                    "and other defaults).",
+                ),
             ],
             outputs=[
                 io.Image.Output(
@@ -163,7 +212,8 @@ class TwoStreamInpaint(io.ComfyNode):
                     tooltip="Frames with the masked region filled; known pixels unchanged.",
                 ),
                 io.Mask.Output(
-                    "unseen", tooltip="1 where no frame showed the background (filled per frame)."
+                    "unseen",
+                    tooltip="1 where no frame showed the background (filled by Telea or fill_model).",
                 ),
                 Clip.Output(
                     "clip_out",
@@ -205,14 +255,30 @@ class TwoStreamInpaint(io.ComfyNode):
         model=None,
         clip: LazyClip | None = None,
         output_folder: str = "",
+        fill_model=None,
+        unseen_fill: str = _UNSEEN_DEFAULT,
+        ghost_check: float = _GHOST_DEFAULT,
+        fill_refine_iters: int = 0,
     ) -> io.NodeOutput:
+        if fill_model is not None and not isinstance(fill_model, Refinable):
+            raise PipelineError(
+                f"fill_model: a {type(fill_model).__name__} cannot fill images; connect Inpaint Model "
+                "Loader's model"
+            )
+        if unseen_fill not in UNSEEN_FILL_OPTIONS:
+            raise PipelineError(
+                f"unseen_fill: '{unseen_fill}' is not one of {', '.join(UNSEEN_FILL_OPTIONS)}"
+            )
         cfg = PropagationConfig(
             chunk=chunk,
             lookahead=lookahead,
             mask_dilation=mask_dilation,
             consistency=consistency,
             telea_radius=telea_radius,
+            ghost_check=float(ghost_check) if ghost_check and ghost_check > 0 else None,
+            unseen_fill="carried" if fill_model is not None else UNSEEN_FILL_OPTIONS[unseen_fill],
         )
+        filler = _Filler(fill_model, int(fill_refine_iters or 0))
         video_cfg = None
         if model is not None:
             if not isinstance(model, TwoStreamGenerator):
@@ -236,7 +302,7 @@ class TwoStreamInpaint(io.ComfyNode):
                 raise PipelineError(
                     "masks: connected without 'images'; with 'clip' the clip's masks are used"
                 )
-            return _streamed(cls, clip, keyframes, flow, model, cfg, video_cfg, output_folder)
+            return _streamed(cls, clip, keyframes, flow, model, cfg, video_cfg, output_folder, filler)
         if masks is None:
             raise PipelineError("masks: connect one mask per frame (or one for all) with 'images'")
         T, H, W = images.shape[:3]
@@ -250,14 +316,14 @@ class TwoStreamInpaint(io.ComfyNode):
         if output_folder.strip():
             # Written as made, as the streamed path; the IMAGE result is kept in memory as before.
             kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-            fp = _fingerprint(source, cfg, video_cfg, flow, model)
+            fp = _fingerprint(source, cfg, video_cfg, flow, model, filler)
             with ClipOutput(source, output_folder, fp, progress) as out:
 
                 def sink(t: int, filled: torch.Tensor, unseen: torch.Tensor) -> None:
                     out.sink(t, filled)
                     kept.append((filled, unseen))
 
-                _run(frames, masks, edited, flow, model, cfg, video_cfg, sink, progress, out)
+                _run(frames, masks, edited, flow, model, cfg, video_cfg, sink, progress, out, filler)
                 result, video, shown, _ = out.finish()
             if len(kept) != T:  # resumed: the earlier frames are on disk
                 filled = torch.stack([result.frame(t) for t in range(T)])
@@ -266,12 +332,18 @@ class TwoStreamInpaint(io.ComfyNode):
                     unseen[T - len(kept) :] = torch.stack([u for _, u in kept])
             else:
                 filled, unseen = torch.stack([f for f, _ in kept]), torch.stack([u for _, u in kept])
-            return io.NodeOutput(filled, unseen, result, video, ui=shown)
-        filled, unseen = _run(frames, masks, edited, flow, model, cfg, video_cfg, None, progress, None)
+            return io.NodeOutput(filled, unseen, result, video, ui=filler.with_text(shown))
+        filled, unseen = _run(
+            frames, masks, edited, flow, model, cfg, video_cfg, None, progress, None, filler
+        )
         fps = _fps(keyframes)
         result = LazyClip.from_tensors(filled, masks, keyframes)
         return io.NodeOutput(
-            filled, unseen, result, video_of(filled, fps), ui=clip_preview(cls, filled, fps=fps)
+            filled,
+            unseen,
+            result,
+            video_of(filled, fps),
+            ui=filler.with_text(clip_preview(cls, filled, fps=fps)),
         )
 
 
@@ -279,19 +351,55 @@ def _fps(keyframes) -> float:
     return float(getattr(keyframes, "fps", 0.0) or 0.0)
 
 
-def _fingerprint(clip: LazyClip, cfg, video_cfg, flow, model) -> str:
+def _fingerprint(clip: LazyClip, cfg, video_cfg, flow, model, filler: _Filler) -> str:
     if isinstance(flow, FlowEstimator):
         flow_fp = ("estimator", flow.name, flow.work_size, flow.raft_iters)
     else:
         flow_fp = "none" if flow is None else (flow.method, flow.num_frames, flow.size, flow.filled)
-    return job_fingerprint(
-        "KFP_TwoStreamInpaint", clip.fingerprint(), cfg, video_cfg, flow_fp, module_fingerprint(model)
-    )
+    parts = ["KFP_TwoStreamInpaint", clip.fingerprint(), cfg, video_cfg, flow_fp, module_fingerprint(model)]
+    if filler.model is not None:  # (absent before fill models: earlier progress records still match)
+        parts += [module_fingerprint(filler.model), filler.refine_iters]
+    return job_fingerprint(*parts)
 
 
-def _run(frames, masks, edited, flow, model, cfg, video_cfg, sink, progress, out: ClipOutput | None):
+class _Filler:
+    """The fill of never-seen pixels (a fill model, or Telea) and the never-seen share counted."""
+
+    def __init__(self, model, refine_iters: int) -> None:
+        self.model, self.refine_iters = model, refine_iters
+        self.stats = FillStats()
+
+    @contextlib.contextmanager
+    def placed(self, device):
+        """The ``fill`` for propagate_fill on ``device`` (None: Telea)."""
+        if self.model is None:
+            yield None
+            return
+        yield frame_filler(self.model, RefineConfig(n_iters=self.refine_iters), device=device)
+
+    def with_text(self, ui: dict) -> dict:
+        text = self.stats.summary() if self.stats.frames else ""
+        if not text:
+            return ui
+        old = ui.get("text", ())
+        return {**ui, "text": (*old, text)}
+
+
+def _run(
+    frames,
+    masks,
+    edited,
+    flow,
+    model,
+    cfg,
+    video_cfg,
+    sink,
+    progress,
+    out: ClipOutput | None,
+    filler: _Filler,
+):
     """The removal (flow propagation, or the video protocol with a model) over frame sequences,
-    resumed from ``out`` when it holds an interrupted job."""
+    resumed from ``out`` when it holds an interrupted job; never-seen pixels filled by ``filler``."""
     resume = on_chunk = None
     if out is not None:
         if out.start:
@@ -303,21 +411,32 @@ def _run(frames, masks, edited, flow, model, cfg, video_cfg, sink, progress, out
     estimator = None if flow is not None else FlowEstimator("dis", "medium")
     if isinstance(flow, FlowEstimator):  # Flow Estimate on a streamed clip: its settings, per chunk
         flow, estimator = None, flow
+    H, W = int(frames[0].shape[0]), int(frames[0].shape[1])
+    models, need = [], 0
+    if filler.model is not None:
+        fh, fw = pyramid_sizes(H, W, 512, 3, RefineConfig().px_budget)[-1]
+        models.append(filler.model)
+        need += module_bytes(filler.model) + fh * fw * _REFINE_BYTES_PER_PIXEL
     if model is None:
-        return propagate_fill(
-            frames, masks, sink=sink, edited=edited, flows=flow, estimator=estimator, config=cfg,
-            progress=progress, resume=resume, on_chunk=on_chunk,
-        )  # fmt: skip
-    h, w = working_size(int(frames[0].shape[0]), int(frames[0].shape[1]), video_cfg.work_long_side)
+        placed = on_compute_device(models, need) if models else contextlib.nullcontext(None)
+        with placed as device, filler.placed(device) as fill:
+            return propagate_fill(
+                frames, masks, sink=sink, edited=edited, flows=flow, estimator=estimator, config=cfg,
+                progress=progress, resume=resume, on_chunk=on_chunk, fill=fill, stats=filler.stats,
+            )  # fmt: skip
+    h, w = working_size(H, W, video_cfg.work_long_side)
     n_frames = 1 + len(video_cfg.keyframe_offsets) + len(edited)
-    with on_compute_device(model, module_bytes(model) + h * w * n_frames * _BYTES_PER_PIXEL_PER_FRAME):
+    need += module_bytes(model) + h * w * n_frames * _BYTES_PER_PIXEL_PER_FRAME
+    with on_compute_device([model, *models], need) as device, filler.placed(device) as fill:
         return remove_with_model(
             frames, masks, model, sink=sink, edited=edited, flows=flow, estimator=estimator, config=video_cfg,
-            progress=progress, resume=resume, on_chunk=on_chunk,
+            progress=progress, resume=resume, on_chunk=on_chunk, fill=fill, stats=filler.stats,
         )  # fmt: skip
 
 
-def _streamed(cls, clip: LazyClip, keyframes, flow, model, cfg, video_cfg, folder: str) -> io.NodeOutput:
+def _streamed(
+    cls, clip: LazyClip, keyframes, flow, model, cfg, video_cfg, folder: str, filler: _Filler
+) -> io.NodeOutput:
     """The removal of a clip read frame by frame, written as it is made (see nodes/output.py)."""
     if not isinstance(clip, LazyClip):
         raise PipelineError(f"clip: expected a clip from Load Keyframes, got {type(clip).__name__}")
@@ -337,7 +456,7 @@ def _streamed(cls, clip: LazyClip, keyframes, flow, model, cfg, video_cfg, folde
     edited = clip.keyframes.edited
     progress = comfy_progress()
     unseen_keys: dict[int, torch.Tensor] = {}
-    with ClipOutput(clip, folder, _fingerprint(clip, cfg, video_cfg, flow, model), progress) as out:
+    with ClipOutput(clip, folder, _fingerprint(clip, cfg, video_cfg, flow, model, filler), progress) as out:
         if not out.complete:
             window = (video_cfg.generate_every if video_cfg is not None else cfg.chunk) + cfg.lookahead + 2
 
@@ -357,6 +476,7 @@ def _streamed(cls, clip: LazyClip, keyframes, flow, model, cfg, video_cfg, folde
                 sink,
                 progress,
                 out,
+                filler,
             )
         result, video, shown, key_frames = out.finish()
     H, W = clip.size
@@ -368,7 +488,7 @@ def _streamed(cls, clip: LazyClip, keyframes, flow, model, cfg, video_cfg, folde
     text = f"{T} frames written to {out.folder.name}/ and {out.folder.name}.mp4" + (
         f" (resumed at frame {out.start})" if out.start and not out.complete else ""
     )
-    shown = {**shown, "text": (text,)}
+    shown = filler.with_text({**shown, "text": (text,)})
     return io.NodeOutput(key_frames, key_unseen, result, video, ui=shown)
 
 

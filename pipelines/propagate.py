@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -28,7 +28,10 @@ from .errors import PipelineError
 from .flow import FlowEstimator, complete_flow, fb_error, flow_pair
 from .ops import dilate, hole_box, release_freed_memory, warp
 from .progress import ProgressFn, report
+from .spill import SpillStore
 from .types import FlowSet, FrameSequence, FrameSink
+
+UNSEEN_FILLS = ("per_frame", "carried")
 
 
 @dataclass
@@ -52,6 +55,18 @@ class PropagationConfig:
         directions are interpolations; None = the same as ``consistency``.
     flow_fill: flow completion in the hole: "homography" (RANSAC camera motion fitted around the
         hole + interpolated residual) or "idw" (inverse-distance weighting only, as SPEC A).
+    unseen_fill: pixels that no frame shows: "per_frame" fills them in every frame on its own
+        (Telea, or the ``fill`` given to :func:`propagate_fill`); "carried" fills them where they first
+        appear and carries that fill on to the next frames with the flow, like the colours frames
+        show (stable from frame to frame; filled again only where the chain breaks).
+    memory_mb: memory kept for the window (the flows of a chunk and its lookahead, the backward
+        states of a chunk); what is beyond it is kept in temporary files, so a job's memory does not
+        grow with the frame size. The results are the same bit for bit (not part of a job's identity).
+    ghost_check: if set, known pixels that do not move as the completed flow says are not taken as
+        sources: their colour differs by more than this (mean over RGB, 0-1) from the previous or
+        the next frame's where the flow carries them. They belong to something moving on its own
+        (a passer-by near the hole), and chains that follow the background's motion onto them
+        would leave ghost copies of it. None = off.
     """
 
     chunk: int = 20
@@ -65,6 +80,9 @@ class PropagationConfig:
     valid_threshold: float = 0.5
     hole_consistency: float | None = None
     flow_fill: str = "homography"
+    ghost_check: float | None = None
+    unseen_fill: str = "per_frame"
+    memory_mb: int = field(default=256, repr=False, compare=False)
 
 
 def telea_fill(frame: torch.Tensor, mask: torch.Tensor, radius: int = 5) -> torch.Tensor:
@@ -92,6 +110,10 @@ def telea_fill(frame: torch.Tensor, mask: torch.Tensor, radius: int = 5) -> torc
 
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1) of a frame's hole
 
+# Pixels the known pixels found moving on their own are grown by (ghost_check): on the crossing clip
+# of pipelines/testing/synthetic.py, 0 leaves a ghost copy in some frames, 2 none.
+_GHOST_GROW = 2
+
 
 @dataclass
 class _Pair:
@@ -109,6 +131,22 @@ class _Pair:
     box_t: Box | None
     box_t1: Box | None
 
+    _TENSORS = ("fwd", "bwd", "trust_fwd", "trust_bwd")
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        out = {k: getattr(self, k) for k in self._TENSORS if getattr(self, k) is not None}
+        for k in ("box_t", "box_t1"):
+            if getattr(self, k) is not None:
+                out[k] = torch.tensor(getattr(self, k), dtype=torch.int64)
+        return out
+
+    @classmethod
+    def from_tensors(cls, d: dict[str, torch.Tensor]) -> _Pair:
+        def box(k: str) -> Box | None:
+            return tuple(int(v) for v in d[k].tolist()) if k in d else None
+
+        return cls(*(d.get(k) for k in cls._TENSORS), box("box_t"), box("box_t1"))
+
 
 class _PairFlows:
     """Filled flows and consistency masks of consecutive pairs, cached while still needed.
@@ -125,11 +163,19 @@ class _PairFlows:
         estimator: FlowEstimator | None,
         cfg: PropagationConfig,
         size: tuple[int, int],
+        tick: Callable[[], None] | None = None,
     ) -> None:
         self.frames, self.holes, self.flows, self.estimator = frames, holes, flows, estimator
         self.cfg, self.size = cfg, size
-        self.cache: dict[int, _Pair] = {}
+        # Called between the steps of a pair (each a large-frame flow estimate or completion), so
+        # Cancel (raised by it) does not wait for the whole pair.
+        self.tick = tick or (lambda: None)
+        # Kept while a later chunk still needs them; beyond the budget, in temporary files.
+        self.cache = SpillStore(int(cfg.memory_mb * 0.6 * 2**20), "flows")
         self.computed = 0
+        # Per frame, the known pixels that move on their own (ghost_check), bit-packed: each pair adds
+        # what its two frames show, so a frame's map is whole once both of its pairs were made.
+        self.moving_bits: dict[int, np.ndarray] = {}
 
     def _trust(self, f: torch.Tensor, err: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
         mag = torch.hypot(f[0], f[1])
@@ -139,39 +185,88 @@ class _PairFlows:
             ok = torch.where(filled > 0.5, loose, ok)
         return ok
 
+    def _moving(self, s: int, o: int, flow: torch.Tensor) -> torch.Tensor:
+        """(H,W) float, 1 on known pixels of frame ``s`` that do not move as the completed ``flow``
+        (s -> o, the background's motion around the hole) says: their colour differs from frame
+        ``o``'s where that flow lands (on a known pixel) by more than ``ghost_check`` (mean over RGB,
+        0-1). Such a pixel belongs to something moving on its own near the hole."""
+        img_s = self.frames[s][..., :3].float().permute(2, 0, 1)
+        img_o = self.frames[o][..., :3].float().permute(2, 0, 1)
+        target = torch.cat([img_o, 1.0 - self.holes(o)[None]], 0)
+        landed = warp(target[None], flow[None])[0]
+        differs = (img_s - landed[:3]).abs().mean(0) > float(self.cfg.ghost_check)
+        # Grown a little: an object's edges and texture show its motion, its smooth parts may not.
+        moving = dilate((differs & (landed[3] >= 0.999)).float(), _GHOST_GROW) > 0.5
+        return moving & (self.holes(s) < 0.5)
+
+    def _add_moving(self, s: int, moving: torch.Tensor) -> None:
+        bits = np.packbits(moving.cpu().numpy().reshape(-1))
+        self.moving_bits[s] = bits if s not in self.moving_bits else self.moving_bits[s] | bits
+
+    def moving_tensor(self, s: int) -> torch.Tensor | None:
+        """Frame ``s``'s map of pixels moving on their own, bit-packed, for a resume record."""
+        bits = self.moving_bits.get(s)
+        return None if bits is None else torch.from_numpy(bits.copy())
+
+    def set_moving(self, s: int, bits: torch.Tensor | None) -> None:
+        if bits is not None:
+            self.moving_bits[s] = bits.numpy().astype(np.uint8)
+
+    def sources(self, s: int, state: torch.Tensor) -> torch.Tensor:
+        """Frame ``s``'s state (6,H,W) as a source for its neighbours: without the pixels that move
+        on their own (``ghost_check``). Unchanged when there are none; idempotent."""
+        bits = self.moving_bits.get(s)
+        if bits is None or not bits.any():
+            return state
+        H, W = self.size
+        moving = torch.from_numpy(np.unpackbits(bits, count=H * W).reshape(H, W).astype(bool))
+        keep = (~moving.to(state.device)).float()
+        state = state.clone()
+        state[[0, 1, 2, 3, 5, 6]] *= keep  # colour and flags are premultiplied by validity
+        return state
+
     def get(self, t: int) -> _Pair:
         if t in self.cache:
-            return self.cache[t]
+            return _Pair.from_tensors(self.cache[t])
         m0 = dilate(self.holes(t), self.cfg.flow_mask_dilation)
         m1 = dilate(self.holes(t + 1), self.cfg.flow_mask_dilation)
         if self.flows is not None:
-            fwd, bwd, _, _ = flow_pair(self.flows, t, self.size)
+            raw_f, raw_b, _, _ = flow_pair(self.flows, t, self.size)
         else:
             a = self.frames[t][None, ..., :3].float()
             b = self.frames[t + 1][None, ..., :3].float()
-            fwd = self.estimator(a, b)[0]
-            bwd = self.estimator(b, a)[0]
+            raw_f = self.estimator(a, b)[0]
+            self.tick()
+            raw_b = self.estimator(b, a)[0]
+            self.tick()
         # Always re-complete inside the hole grown by the margin, even for a FlowSet already filled
         # in the plain mask: flow near the object's edge carries the object's own motion.
-        fwd = complete_flow(fwd, m0, self.cfg.flow_fill, seed=t)
-        bwd = complete_flow(bwd, m1, self.cfg.flow_fill, seed=t + 1)
+        fwd = complete_flow(raw_f, m0, self.cfg.flow_fill, seed=t)
+        self.tick()
+        bwd = complete_flow(raw_b, m1, self.cfg.flow_fill, seed=t + 1)
+        self.tick()
         err_f = fb_error(fwd[None], bwd[None])[0]
         err_b = fb_error(bwd[None], fwd[None])[0]
         trust_f, trust_b = self._trust(fwd, err_f, m0), self._trust(bwd, err_b, m1)
+        if self.cfg.ghost_check is not None:
+            self._add_moving(t, self._moving(t, t + 1, fwd))
+            self._add_moving(t + 1, self._moving(t + 1, t, bwd))
+        del raw_f, raw_b
         box_t, box_t1 = hole_box(self.holes(t)), hole_box(self.holes(t + 1))
         entry = _Pair(
             _crop(fwd, box_t), _crop(bwd, box_t1), _crop(trust_f, box_t), _crop(trust_b, box_t1),
             box_t, box_t1,
         )  # fmt: skip
-        self.cache[t] = entry
+        self.cache[t] = entry.to_tensors()
         self.computed += 1
         del fwd, bwd, err_f, err_b, trust_f, trust_b, m0, m1
         release_freed_memory()  # the full-frame temporaries of this pair (see ops)
         return entry
 
     def evict_before(self, t: int) -> None:
-        for k in [k for k in self.cache if k < t]:
-            del self.cache[k]
+        self.cache.drop_below(t)
+        for k in [k for k in self.moving_bits if k < t]:
+            del self.moving_bits[k]
 
 
 def _crop(x: torch.Tensor, box: Box | None) -> torch.Tensor | None:
@@ -183,12 +278,32 @@ def _crop(x: torch.Tensor, box: Box | None) -> torch.Tensor | None:
 
 
 def _known_state(frame: torch.Tensor, hole: torch.Tensor, is_key: bool) -> torch.Tensor:
-    """State (6,H,W): colour (3), valid, age, from-keyframe; known pixels valid at age 0."""
-    known = 1.0 - hole
-    color = frame.permute(2, 0, 1)[:3] * known
-    age = torch.zeros_like(known)
-    key = known * float(is_key)
-    return torch.cat([color, known[None], age[None], key[None]], 0)
+    """State (7,H,W): colour (3), valid, age, from-keyframe, filled; known pixels valid at age 0.
+
+    "filled" marks colours that no frame showed: the fill of never-seen pixels, carried on through
+    time (``unseen_fill="carried"``); a colour some frame showed always wins over one.
+    """
+    # Written channel by channel into one tensor: no full-size temporaries (a 4K state is 232 MB).
+    state = torch.empty((7, *hole.shape[-2:]), dtype=torch.float32, device=hole.device)
+    known = torch.sub(1.0, hole, out=state[3])
+    torch.mul(frame.permute(2, 0, 1)[:3], known, out=state[:3])
+    state[4].zero_()
+    torch.mul(known, float(is_key), out=state[5])
+    state[6].zero_()
+    return state
+
+
+def _carry_fill(state: torch.Tensor, filled: torch.Tensor, unseen: torch.Tensor) -> torch.Tensor:
+    """``state`` (7,H,W) with the never-seen pixels' fill (``filled`` (H,W,3) where ``unseen``) as
+    valid, "filled" colours that the next frames take through the flow."""
+    u = unseen > 0.5
+    state = state.clone()
+    state[:3] = torch.where(u[None], filled.permute(2, 0, 1), state[:3])
+    state[3] = torch.where(u, 1.0, state[3])
+    state[4] = torch.where(u, 1.0, state[4])
+    state[5] = torch.where(u, 0.0, state[5])
+    state[6] = torch.where(u, 1.0, state[6])
+    return state
 
 
 @dataclass
@@ -202,19 +317,23 @@ class PackedState:
 
     box: Box | None
     patch: torch.Tensor | None
+    moving: torch.Tensor | None = None  # the frame's known pixels moving on their own (ghost_check)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """For a file (safetensors): empty when there is no box."""
+        out = {} if self.moving is None else {"moving": self.moving}
         if self.box is None:
-            return {}
-        return {"box": torch.tensor(self.box, dtype=torch.int64), "patch": self.patch.contiguous()}
+            return out
+        return {**out, "box": torch.tensor(self.box, dtype=torch.int64), "patch": self.patch.contiguous()}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor] | None) -> PackedState:
-        if not tensors or "box" not in tensors:
-            return cls(None, None)
+        tensors = tensors or {}
+        moving = tensors.get("moving")
+        if "box" not in tensors:
+            return cls(None, None, moving)
         y0, y1, x0, x1 = (int(v) for v in tensors["box"].tolist())
-        return cls((y0, y1, x0, x1), tensors["patch"].float())
+        return cls((y0, y1, x0, x1), tensors["patch"].float(), moving)
 
 
 def _pack(state: torch.Tensor, box: Box | None) -> PackedState:
@@ -241,14 +360,23 @@ def _step(
 ) -> torch.Tensor:
     """One link of the chain: the new frame's hole pixels take the previous state's through the flow.
 
-    prev: (6,H,W) state of the neighbour frame; flow_to_prev: (2,h,w) flow new -> neighbour over the
+    prev: (7,H,W) state of the neighbour frame; flow_to_prev: (2,h,w) flow new -> neighbour over the
     new frame's hole ``box``; trust: (h,w) bool where that flow is consistent. Returns the new frame's
-    state (6,H,W); only the box can differ from the known state.
+    state (7,H,W); only the box can differ from the known state. Colours some frame showed are taken
+    on their own wherever they suffice (as if there were no carried fills); carried fills only where
+    they do not.
     """
     state = _known_state(frame, hole, is_key)
     y0, y1, x0, x1 = box
     sampled = warp(prev[None], flow_to_prev[None], box=box)[0]
-    ok = (sampled[3] >= valid_threshold) & trust & (hole[y0:y1, x0:x1] > 0.5)
+    can = trust & (hole[y0:y1, x0:x1] > 0.5)
+    ok = (sampled[3] >= valid_threshold) & can
+    filled = torch.zeros_like(ok)
+    if bool(prev[6].any()):
+        real = warp((prev[:6] * (1.0 - prev[6:7]))[None], flow_to_prev[None], box=box)[0]
+        ok_real = (real[3] >= valid_threshold) & can
+        filled = ok & ~ok_real
+        sampled = torch.where(ok_real[None], real, sampled[:6])
     okf = ok.float()
     sub = state[:, y0:y1, x0:x1]  # a view: updated in place
     color = sampled[:3] / sampled[3:4].clamp_min(1e-6)  # undo the premultiplied bilinear weights
@@ -256,12 +384,38 @@ def _step(
     sub[3] = torch.maximum(sub[3], okf)
     sub[4] = sub[4] * (1 - okf) + (sampled[4] + 1.0) * okf
     sub[5] = sub[5] * (1 - okf) + (sampled[5] >= 0.5).float() * okf
+    sub[6] = filled.float()
     return state
 
 
 def _blend(fwd: torch.Tensor, bwd: torch.Tensor, frame: torch.Tensor, hole: torch.Tensor):
-    """Combine forward/backward candidates. Returns (filled (H,W,3), unseen (H,W))."""
+    """Combine forward/backward candidates. Returns (filled (H,W,3), unseen (H,W), to_fill (H,W)):
+    ``unseen`` = hole pixels no frame showed; ``to_fill`` = those without a carried fill either.
+    Computed over the hole's box only (no hole pixel lies outside it): a 4K frame's full-size
+    temporaries would be most of a streamed job's memory."""
+    H, W = hole.shape[-2:]
+    out = frame[..., :3].clone()
+    unseen, to_fill = torch.zeros(H, W), torch.zeros(H, W)
+    box = hole_box(hole)
+    if box is not None:
+        y0, y1, x0, x1 = box
+        region = (slice(y0, y1), slice(x0, x1))
+        out[region], unseen[region], to_fill[region] = _blend_region(
+            fwd[:, y0:y1, x0:x1], bwd[:, y0:y1, x0:x1], frame[region], hole[region]
+        )
+    return out, unseen, to_fill
+
+
+def _blend_region(fwd: torch.Tensor, bwd: torch.Tensor, frame: torch.Tensor, hole: torch.Tensor):
+    """:func:`_blend` on a region: states (7,h,w), frame (h,w,3), hole (h,w)."""
     vf, vb = fwd[3] > 0.5, bwd[3] > 0.5
+    # Colours some frame showed win over carried fills of never-seen pixels.
+    rf, rb = vf & (fwd[6] < 0.5), vb & (bwd[6] < 0.5)
+    real = rf | rb
+    h = hole > 0.5
+    unseen = (h & ~real).float()
+    vf = torch.where(real, rf, vf)
+    vb = torch.where(real, rb, vb)
     # Keyframe-sourced candidates win over the others.
     kf, kb = vf & (fwd[5] > 0.5), vb & (bwd[5] > 0.5)
     any_key = kf | kb
@@ -272,13 +426,31 @@ def _blend(fwd: torch.Tensor, bwd: torch.Tensor, frame: torch.Tensor, hole: torc
     wb = vb.float() / bwd[4].clamp_min(1.0) ** 2
     wsum = wf + wb
     color = (fwd[:3] * wf + bwd[:3] * wb) / wsum.clamp_min(1e-12)
-    h = hole > 0.5
     seen = wsum > 0
     out = frame[..., :3].permute(2, 0, 1).clone()
     fill = h & seen
     out = torch.where(fill[None], color, out)
-    unseen = (h & ~seen).float()
-    return out.permute(1, 2, 0), unseen
+    return out.permute(1, 2, 0), unseen, (h & ~seen).float()
+
+
+@dataclass
+class FillStats:
+    """Counted while a removal runs (the frames it computed): hole pixels, and those no frame showed."""
+
+    frames: int = 0
+    hole_pixels: int = 0
+    unseen_pixels: int = 0
+
+    @property
+    def unseen_share(self) -> float:
+        return self.unseen_pixels / self.hole_pixels if self.hole_pixels else 0.0
+
+    def summary(self) -> str:
+        """One line for the node and the CLI."""
+        return (
+            f"never seen: {100 * self.unseen_share:.1f}% of the hole ({self.unseen_pixels} of "
+            f"{self.hole_pixels} pixels in {self.frames} frames) is shown by no frame and was filled"
+        )
 
 
 @dataclass
@@ -303,6 +475,8 @@ def propagate_fill(
     progress: ProgressFn | None = None,
     resume: Resume | None = None,
     on_chunk: Callable[[int, PackedState], None] | None = None,
+    fill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    stats: FillStats | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Remove the masked regions of a clip by flow propagation.
 
@@ -316,6 +490,10 @@ def propagate_fill(
         ``resume.start`` are neither computed nor sunk.
     on_chunk: called as ``on_chunk(end, state)`` after the frames of each chunk ``[.., end)`` have been
         sunk, with the forward state of frame ``end - 1``: what a later run resumes from.
+    fill: ``fill(frame (H,W,3), to_fill (H,W)) -> (H,W,3)`` fills the pixels no frame shows (and that
+        no carried fill reaches), known pixels unchanged; default OpenCV Telea with ``telea_radius``.
+        An image inpainter (LaMa) goes here.
+    stats: a :class:`FillStats` counted frame by frame (the share of the hole no frame showed).
     Known pixels are never changed (the output is composited); ``unseen`` marks the pixels that no
     frame showed (filled by Telea). Memory is bounded by the chunk: states and flows are kept only
     over the holes' boxes.
@@ -338,6 +516,13 @@ def propagate_fill(
         raise PipelineError("chunk must be >= 1 and lookahead >= 0")
     if cfg.flow_fill not in ("homography", "idw"):
         raise PipelineError(f"flow_fill: '{cfg.flow_fill}' is not one of homography, idw")
+    if cfg.unseen_fill not in UNSEEN_FILLS:
+        raise PipelineError(f"unseen_fill: '{cfg.unseen_fill}' is not one of {', '.join(UNSEEN_FILLS)}")
+    if fill is None:
+
+        def fill(image: torch.Tensor, to_fill: torch.Tensor) -> torch.Tensor:
+            return telea_fill(image, to_fill, cfg.telea_radius)
+
     start = 0 if resume is None else int(resume.start)
     if start % cfg.chunk or not 0 <= start <= T:
         raise ValueError(f"resume: frame {start} is not the start of a chunk of {cfg.chunk}")
@@ -345,15 +530,20 @@ def propagate_fill(
     edited_set = set(edited_sorted)
     check_known_pixels(masks, "masks", edited_sorted)
 
-    # Holes of the frames in the window, kept as bool (a quarter of float32's memory).
-    hole_cache: dict[int, torch.Tensor] = {}
+    # Holes of the frames in the window, kept as the bool crop of their box (a hole lies in its box).
+    hole_cache: dict[int, tuple[Box | None, torch.Tensor | None]] = {}
 
     def hole(t: int) -> torch.Tensor:
         if t not in hole_cache:
             m = masks[t].float()
             h = torch.zeros_like(m) if t in edited_set else dilate(m, cfg.mask_dilation)
-            hole_cache[t] = h > 0.5
-        return hole_cache[t].float()
+            box = hole_box(h)
+            hole_cache[t] = (box, _crop(h > 0.5, box))
+        box, crop = hole_cache[t]
+        full = torch.zeros((H, W))
+        if box is not None:
+            full[box[0] : box[1], box[2] : box[3]] = crop.float()
+        return full
 
     def frame(t: int) -> torch.Tensor:
         return frames[t][..., :3].float()
@@ -361,12 +551,14 @@ def propagate_fill(
     def known(t: int) -> torch.Tensor:
         return _known_state(frame(t), hole(t), t in edited_set)
 
-    pairs = _PairFlows(frames, hole, flows, estimator, cfg, (H, W))
+    current = [start // cfg.chunk]  # the chunk being worked on, for the ticks inside a pair
+    pairs = _PairFlows(frames, hole, flows, estimator, cfg, (H, W), tick=lambda: tick(current[0]))
     results: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if sink is None else None
     n_chunks = (T + cfg.chunk - 1) // cfg.chunk
     fwd_state: torch.Tensor | None = None
     if resume is not None and start > 0:
         fwd_state = _unpack(resume.state, frame(start - 1), hole(start - 1), (start - 1) in edited_set)
+        pairs.set_moving(start - 1, resume.state.moving)
     done = start
 
     def tick(ci: int) -> None:
@@ -374,68 +566,87 @@ def propagate_fill(
         report(progress, done, T, f"chunk {ci + 1}/{n_chunks}")
 
     report(progress, done, T, f"chunk {start // cfg.chunk + 1}/{n_chunks}")
-    for ci, a in enumerate(range(0, T, cfg.chunk)):
-        if a < start:
-            continue
-        tick(ci)
-        b = min(a + cfg.chunk, T)
-        end = min(T, b + cfg.lookahead)
-        nxt = bisect.bisect_left(edited_sorted, b)
-        if nxt < len(edited_sorted) and edited_sorted[nxt] - b <= cfg.keyframe_reach:
-            end = max(end, edited_sorted[nxt] + 1)
-        # Backward sweep: from `end - 1` down to `a`; keep the (packed) states of the chunk's frames.
-        bwd_states: dict[int, PackedState] = {}
-        state = known(end - 1)
-        if end - 1 < b:
-            bwd_states[end - 1] = _pack(state, hole_box(hole(end - 1)))
-        for t in range(end - 2, a - 1, -1):
+    # Backward states of a chunk, by frame: beyond the budget, in temporary files like the flows.
+    bwd_states = SpillStore(int(cfg.memory_mb * 0.4 * 2**20), "states")
+    try:
+        for ci, a in enumerate(range(0, T, cfg.chunk)):
+            if a < start:
+                continue
+            current[0] = ci
             tick(ci)
-            pair = pairs.get(t)  # flow t -> t+1 lives on frame t's grid
-            if pair.box_t is not None:
-                state = _step(
-                    state, pair.fwd, pair.trust_fwd, frame(t), hole(t), t in edited_set, pair.box_t,
-                    cfg.valid_threshold,
-                )  # fmt: skip
-            else:
-                state = known(t)
-            if t < b:
-                bwd_states[t] = _pack(state, pair.box_t)
-        del state
-        # Forward sweep over the chunk, carrying the state from the previous chunk.
-        for t in range(a, b):
-            box = hole_box(hole(t))
-            if fwd_state is None or box is None:
-                fwd_state = known(t)
-            else:
-                pair = pairs.get(t - 1)  # flow t -> t-1 lives on frame t's grid
-                fwd_state = _step(
-                    fwd_state, pair.bwd, pair.trust_bwd, frame(t), hole(t), t in edited_set, box,
-                    cfg.valid_threshold,
-                )  # fmt: skip
-            bwd = _unpack(bwd_states.pop(t), frame(t), hole(t), t in edited_set)
-            filled, unseen = _blend(fwd_state, bwd, frame(t), hole(t))
-            del bwd
-            # Known and propagated pixels (the rest is filled below): NaN there is a broken input.
-            seen = torch.where(unseen[..., None] > 0, 0.0, filled)
-            check_finite_result(seen, f"images: frame {t}", "check the node or files that made the frames")
-            if unseen.any():
-                if bool(unseen.all()):
-                    raise PipelineError(
-                        f"masks: frame {t} is all hole and no other frame shows any of it, so there is "
-                        "nothing to fill it from; check its mask (inverted or blank white?)"
-                    )
-                filled = telea_fill(filled, unseen, cfg.telea_radius)
-            if sink is not None:
-                sink(t, filled, unseen)
-            else:
-                results.append((filled, unseen))
-            done += 1
-            tick(ci)
-        if on_chunk is not None:
-            on_chunk(b, _pack(fwd_state, hole_box(hole(b - 1))))
-        pairs.evict_before(b - 1)
-        for k in [k for k in hole_cache if k < b]:
-            del hole_cache[k]
+            b = min(a + cfg.chunk, T)
+            end = min(T, b + cfg.lookahead)
+            nxt = bisect.bisect_left(edited_sorted, b)
+            if nxt < len(edited_sorted) and edited_sorted[nxt] - b <= cfg.keyframe_reach:
+                end = max(end, edited_sorted[nxt] + 1)
+            # Backward sweep: from `end - 1` down to `a`; keep the (packed) states of the chunk's frames.
+            state = known(end - 1)
+            if end - 1 < b:
+                bwd_states[end - 1] = _pack(state, hole_box(hole(end - 1))).to_tensors()
+            for t in range(end - 2, a - 1, -1):
+                tick(ci)
+                pair = pairs.get(t)  # flow t -> t+1 lives on frame t's grid
+                if pair.box_t is not None:
+                    state = _step(
+                        pairs.sources(t + 1, state), pair.fwd, pair.trust_fwd, frame(t), hole(t),
+                        t in edited_set, pair.box_t, cfg.valid_threshold,
+                    )  # fmt: skip
+                else:
+                    state = known(t)
+                if t < b:
+                    bwd_states[t] = _pack(state, pair.box_t).to_tensors()
+            del state
+            # Forward sweep over the chunk, carrying the state from the previous chunk.
+            for t in range(a, b):
+                box = hole_box(hole(t))
+                if fwd_state is None or box is None:
+                    fwd_state = known(t)
+                else:
+                    pair = pairs.get(t - 1)  # flow t -> t-1 lives on frame t's grid
+                    fwd_state = _step(
+                        pairs.sources(t - 1, fwd_state), pair.bwd, pair.trust_bwd, frame(t), hole(t),
+                        t in edited_set, box, cfg.valid_threshold,
+                    )  # fmt: skip
+                bwd = _unpack(PackedState.from_tensors(bwd_states.pop(t)), frame(t), hole(t), t in edited_set)
+                filled, unseen, to_fill = _blend(fwd_state, bwd, frame(t), hole(t))
+                del bwd
+                tick(ci)
+                if stats is not None:
+                    stats.frames += 1
+                    stats.hole_pixels += int(hole(t).sum())
+                    stats.unseen_pixels += int(unseen.sum())
+                # Known and propagated pixels (the rest is filled below): NaN there is a broken input.
+                seen = torch.where(to_fill[..., None] > 0, 0.0, filled)
+                check_finite_result(
+                    seen, f"images: frame {t}", "check the node or files that made the frames"
+                )
+                if unseen.any():
+                    if bool(unseen.all()):
+                        raise PipelineError(
+                            f"masks: frame {t} is all hole and no other frame shows any of it, so there is "
+                            "nothing to fill it from; check its mask (inverted or blank white?)"
+                        )
+                    if to_fill.any():
+                        filled = fill(filled, to_fill)
+                        tick(ci)
+                    if cfg.unseen_fill == "carried":
+                        fwd_state = _carry_fill(fwd_state, filled, unseen)
+                if sink is not None:
+                    sink(t, filled, unseen)
+                else:
+                    results.append((filled, unseen))
+                done += 1
+                tick(ci)
+            if on_chunk is not None:
+                packed = _pack(fwd_state, hole_box(hole(b - 1)))
+                packed.moving = pairs.moving_tensor(b - 1)
+                on_chunk(b, packed)
+            pairs.evict_before(b - 1)
+            for k in [k for k in hole_cache if k < b]:
+                del hole_cache[k]
+    finally:
+        pairs.cache.close()
+        bwd_states.close()
     if results is None:
         return None
     if not results:

@@ -578,6 +578,26 @@ def paste_back(image: torch.Tensor, mask: torch.Tensor, refined: torch.Tensor) -
     return torch.where(mask >= EPS, refined.clamp(0, 1), image)
 
 
+def frame_filler(
+    model: Refinable,
+    config: RefineConfig | None = None,
+    device: torch.device | str | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A ``fill(frame (H,W,3), to_fill (H,W)) -> (H,W,3)`` for :func:`~..propagate.propagate_fill`:
+    the pixels no frame shows are inpainted by ``model`` (LaMa), one plain pass at the pixel budget
+    (``config.n_iters == 0``, the default here) or refined over the pyramid with ``config``; the rest
+    of the frame (known and propagated pixels) is its context and is kept."""
+    cfg = config or RefineConfig(n_iters=0)
+
+    def fill(frame: torch.Tensor, to_fill: torch.Tensor) -> torch.Tensor:
+        out = refine_frames(
+            model, frame[None, ..., :3], to_fill[None], cfg, device=device, restore_size=True
+        )[0]
+        return torch.where(to_fill[..., None] > 0.5, out.to(frame), frame[..., :3])
+
+    return fill
+
+
 def refine_frames(
     model: Refinable,
     images: torch.Tensor,

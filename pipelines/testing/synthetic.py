@@ -15,11 +15,16 @@ import torch
 
 @dataclass
 class SyntheticClip:
-    """frames (T,H,W,3) with the object; truth (T,H,W,3) without it; masks (T,H,W) 1 = object."""
+    """frames (T,H,W,3) with the object; truth (T,H,W,3) without it; masks (T,H,W) 1 = object.
+
+    layer: (T,H,W) 1 where a moving object that is part of the scene is (:func:`crossing_clip`), else
+    None.
+    """
 
     frames: torch.Tensor
     truth: torch.Tensor
     masks: torch.Tensor
+    layer: torch.Tensor | None = None
 
 
 def _texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -83,6 +88,88 @@ def make_clip(
         truth=torch.from_numpy(np.stack(truth)),
         masks=torch.from_numpy(np.stack(masks)),
     )
+
+
+CROSSING_COLOUR = (0.05, 0.9, 0.1)
+
+
+def crossing_clip(
+    num_frames: int = 40,
+    height: int = 96,
+    width: int = 160,
+    pan: float = 1.5,
+    object_speed: float = 4.0,
+    hole: tuple[float, float, float, float] = (0.3, 0.75, 0.35, 0.6),
+    seed: int = 0,
+) -> SyntheticClip:
+    """A moving object of the scene crosses under a static hole while the camera pans.
+
+    The hole (a box, as fractions ``(y0, y1, x0, x1)`` of the frame: a logo to remove) hides the
+    background and, while the object passes, part of the object. The object (a textured green disk,
+    colours near :data:`CROSSING_COLOUR`, none of them in the scene) moves right at ``object_speed``
+    pixels per frame against the background's ``pan``, so chains that follow the background's motion
+    through the hole land on it in other frames: a fill that copies it leaves ghost copies.
+    ``frames`` = ``truth`` = the scene with the object; ``masks`` = the hole; ``layer`` = where the
+    object is in each frame.
+    """
+    rng = np.random.default_rng(seed)
+    margin = int(abs(pan) * num_frames) + 8
+    scene = _texture(height + 16, width + margin + 16, rng)
+    # Keep the texture away from the object's colour, so its copies can be told apart.
+    scene[..., 1] = np.minimum(scene[..., 1], 0.6)
+    r = max(3, height // 8)
+    pattern = cv2.resize(
+        rng.random((5, 5)).astype(np.float32), (2 * r + 1, 2 * r + 1), interpolation=cv2.INTER_CUBIC
+    )
+    pattern = np.clip(pattern, 0, 1)
+    y0, y1 = int(hole[0] * height), int(hole[1] * height)
+    x0, x1 = int(hole[2] * width), int(hole[3] * width)
+    frames, layers = [], []
+    for t in range(num_frames):
+        m = np.float32([[1, 0, -8 - pan * t], [0, 1, -8]])
+        fr = cv2.warpAffine(scene, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        cx = int(round(-r + object_speed * t))
+        cy = (y0 + y1) // 2
+        obj = np.zeros((height, width), np.uint8)
+        cv2.circle(obj, (cx, cy), r, 255, -1)
+        # Textured like a real object (a pattern that moves with it), so its motion can be told.
+        ys, xs = np.nonzero(obj)
+        shade = pattern[ys - cy + r, xs - cx + r]
+        fr[ys, xs] = np.float32(CROSSING_COLOUR) + shade[:, None] * np.float32([0.2, -0.25, 0.2])
+        frames.append(fr)
+        layers.append((obj > 0).astype(np.float32))
+    hole_mask = np.zeros((num_frames, height, width), np.float32)
+    hole_mask[:, y0:y1, x0:x1] = 1.0
+    clip = torch.from_numpy(np.stack(frames))
+    return SyntheticClip(
+        frames=clip,
+        truth=clip.clone(),
+        masks=torch.from_numpy(hole_mask),
+        layer=torch.from_numpy(np.stack(layers)),
+    )
+
+
+def object_copies(
+    out: torch.Tensor, clip: SyntheticClip, tol: float = 0.25, min_pixels: int = 4
+) -> list[int]:
+    """Ghost copies of :func:`crossing_clip`'s object in ``out`` (T,H,W,3), per frame: connected regions
+    (of at least ``min_pixels``) showing the object's colours that do not touch the object where it
+    is (its layer grown by 2 pixels). The object itself, or a fill that continues it, is not a copy."""
+    colour = torch.tensor(CROSSING_COLOUR)
+    like = ((out - colour).abs().amax(-1) < tol).numpy().astype(np.uint8)
+    grow = np.ones((5, 5), np.uint8)
+    counts = []
+    for t in range(out.shape[0]):
+        near = cv2.dilate((clip.layer[t].numpy() > 0.5).astype(np.uint8), grow) > 0
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(like[t], connectivity=8)
+        counts.append(
+            sum(
+                1
+                for i in range(1, n)
+                if stats[i, cv2.CC_STAT_AREA] >= min_pixels and not near[labels == i].any()
+            )
+        )
+    return counts
 
 
 def psnr_in_mask(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:

@@ -41,7 +41,7 @@ from ..errors import PipelineError
 from ..flow import FlowEstimator
 from ..ops import dilate, resize_mask, round_to_multiple
 from ..progress import ProgressFn, report
-from ..propagate import PackedState, PropagationConfig, Resume, propagate_fill
+from ..propagate import FillStats, PackedState, PropagationConfig, Resume, propagate_fill
 from ..types import FlowSet, FrameSequence, FrameSink
 from .flows import model_flows
 from .model import TwoStreamGenerator
@@ -314,13 +314,16 @@ class TwoStreamVideo:
         progress: ProgressFn | None = None,
         resume: Resume | None = None,
         on_chunk: Callable[[int, PackedState], None] | None = None,
+        fill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        stats: FillStats | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Generate the anchors and propagate the frames between them, chunk by chunk.
 
         sink: called as ``sink(t, filled (H, W, 3), unseen (H, W))`` for every frame in order; when None,
         the results are returned as ``((T, H, W, 3), (T, H, W))``. ``progress(done_chunks, n_chunks,
         text)`` is called before each generated frame and after each chunk; it may raise (Cancel).
-        resume / on_chunk: as :func:`~..propagate.propagate_fill` (chunks are ``generate_every`` long).
+        resume / on_chunk / fill / stats: as :func:`~..propagate.propagate_fill` (chunks are
+        ``generate_every`` long).
         """
         n = len(self.chunks)
         anchors = set(self.anchors)
@@ -385,6 +388,8 @@ class TwoStreamVideo:
             progress=tick,
             resume=resume,
             on_chunk=on_chunk,
+            fill=fill,
+            stats=stats,
         )
         self._cache.clear()
         if sink is not None:
@@ -405,6 +410,8 @@ def remove_with_model(
     progress: ProgressFn | None = None,
     resume: Resume | None = None,
     on_chunk: Callable[[int, PackedState], None] | None = None,
+    fill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    stats: FillStats | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Remove the masked object from a clip with the two-stream model (see the module docstring).
 
@@ -413,4 +420,4 @@ def remove_with_model(
     Known pixels are never changed.
     """
     video = TwoStreamVideo(model, frames, masks, edited, flows, estimator, model_estimator, config)
-    return video.run(sink=sink, progress=progress, resume=resume, on_chunk=on_chunk)
+    return video.run(sink=sink, progress=progress, resume=resume, on_chunk=on_chunk, fill=fill, stats=stats)
