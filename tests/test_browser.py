@@ -221,6 +221,11 @@ def test_example_workflow_in_the_editor(editor: Editor, name: str):
 
     # The shipped API copy is exactly what the frontend exports for this workflow.
     prompt = editor.js("async () => (await window.app.graphToPrompt()).output")
+    # Core Load Video adds its preview widget once the video has loaded (timing-dependent); it is
+    # exported as an input the server ignores, so it is not part of the shipped copy.
+    for node in prompt.values():
+        if node["class_type"] == "LoadVideo":
+            node["inputs"].pop("video-preview", None)
     assert prompt == shipped
 
     # Queue it from the page with CPU settings and wait for success.
