@@ -136,6 +136,10 @@ def _fill_from_args(args):
     """``--fill-model``: the LaMa fill of never-seen pixels (None = Telea)."""
     if not args.fill_model:
         return None
+    from ..pipelines.errors import PipelineError
+
+    if args.fill_refine_iters < 0:  # refused before anything runs, not at the first never-seen pixel
+        raise PipelineError(f"--fill-refine-iters: must be 0 or more, got {args.fill_refine_iters}")
     from ..pipelines.checks import parse_dtype
     from ..pipelines.clip import resolve_user_path
     from ..pipelines.refine.lama import load_lama

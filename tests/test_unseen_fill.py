@@ -147,6 +147,17 @@ def test_cli_remove_with_a_fill_model_reports_the_never_seen_share(tmp_path, tin
     assert rc == 0 and "by Telea" in out
     rc, out, err = run_cli([*argv, "--out", str(tmp_path / "o3"), "--fill-model", str(tmp_path / "nope.pt")])
     assert rc == 2 and "fill-model" in err
+    bad = [
+        *argv,
+        "--out",
+        str(tmp_path / "o4"),
+        "--fill-model",
+        str(tiny_lama_file),
+        "--fill-refine-iters",
+        "-1",
+    ]
+    rc, out, err = run_cli(bad)
+    assert rc == 2 and "--fill-refine-iters" in err and not (tmp_path / "o4" / "00000.png").exists()
 
 
 def test_inpaint_node_fill_model_and_never_seen_text(comfy_nodes):
