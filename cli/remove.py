@@ -28,6 +28,7 @@ def _config_from_args(args):
         telea_radius=args.telea_radius,
         ghost_check=args.ghost_check if args.ghost_check > 0 else None,
         unseen_fill="carried" if getattr(args, "fill_model", "") else args.unseen_fill.replace("-", "_"),
+        flow_prefill=bool(getattr(args, "flow_prefill", False)),
     )
 
 
@@ -52,6 +53,12 @@ def _add_propagation_args(p: argparse.ArgumentParser) -> None:
         help="refuse as sources pixels near the hole that do not move like the background (colour "
         "difference 0-1 where the background's motion puts them in the next or previous frame); stops "
         "ghost copies of objects crossing under the hole; 0 = off",
+    )
+    p.add_argument(
+        "--flow-prefill",
+        action="store_true",
+        help="estimate the flow on frames whose hole is first filled smoothly from its edge, so the flow "
+        "next to the hole follows the background, not the hole's or the object's outline",
     )
 
 
@@ -166,6 +173,7 @@ def _fingerprint(args, clip) -> str:
     h.update(
         repr([(k, getattr(args, k)) for k in ("unseen_fill", "ghost_check", "fill_refine_iters")]).encode()
     )
+    h.update(repr(_config_from_args(args)).encode())  # every propagation setting, defaults included
     if args.fill_model:
         h.update(fingerprint_paths(args.fill_model).encode())
     return h.hexdigest()

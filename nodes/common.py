@@ -213,6 +213,12 @@ class ComfyProgress:
             self.last = text
             self.send_text(text)
 
+    def check(self) -> None:
+        """Raise ComfyUI's interrupt exception if the user pressed Cancel (nothing else)."""
+        import comfy.model_management
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
     def preview(self, frame: torch.Tensor, max_size: int = 512) -> None:
         """Show ``frame`` (H, W, 3) in [0, 1] on the running node."""
         from PIL import Image

@@ -204,6 +204,15 @@ class TwoStreamInpaint(io.ComfyNode):
                     "an image pyramid with this many iterations per level (Multiscale Refine's method "
                     "and other defaults).",
                 ),
+                io.Boolean.Input(
+                    "flow_prefill",
+                    default=False,
+                    optional=True,
+                    tooltip="Estimate the flow on frames whose hole is first filled smoothly from its "
+                    "edge, so the flow next to the hole follows the background, not the outline of the "
+                    "hole or of the object in it. Often better on hard footage (moving holes, large "
+                    "holes). Not used with a connected flow computed beforehand (IMAGE path).",
+                ),
             ],
             outputs=[
                 io.Image.Output(
@@ -259,6 +268,7 @@ class TwoStreamInpaint(io.ComfyNode):
         unseen_fill: str = _UNSEEN_DEFAULT,
         ghost_check: float = _GHOST_DEFAULT,
         fill_refine_iters: int = 0,
+        flow_prefill: bool = False,
     ) -> io.NodeOutput:
         if fill_model is not None and not isinstance(fill_model, Refinable):
             raise PipelineError(
@@ -277,6 +287,7 @@ class TwoStreamInpaint(io.ComfyNode):
             telea_radius=telea_radius,
             ghost_check=float(ghost_check) if ghost_check and ghost_check > 0 else None,
             unseen_fill="carried" if fill_model is not None else UNSEEN_FILL_OPTIONS[unseen_fill],
+            flow_prefill=bool(flow_prefill),
         )
         filler = _Filler(fill_model, int(fill_refine_iters or 0))
         video_cfg = None

@@ -60,7 +60,7 @@ class ClipOutput:
 
     def sink(self, t: int, frame: torch.Tensor, *_: object) -> None:
         """Write frame ``t`` (frames come in order from ``start``)."""
-        self.writer.write(t, frame)
+        self.writer.write(t, frame, check=self.progress.check)
         if t in self.keep:
             self.kept[t] = frame
         self._last = frame

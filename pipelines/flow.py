@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Sequence
 
 import cv2
@@ -289,6 +290,9 @@ class FlowEstimator:
         self._dis = None
         self._raft: torch.nn.Module | None = None
         self._variant = ""
+        # One estimate at a time: after a Cancel, an estimate may still finish in a worker thread
+        # (see progress.run_checked) while a new run already uses this estimator.
+        self._lock = threading.Lock()
         if backend == "dis":
             if preset not in _DIS_PRESETS:
                 raise PipelineError(
@@ -336,7 +340,6 @@ class FlowEstimator:
         float32 at the input resolution, on ``a``'s device."""
         _check_pair(a, b)
         H, W = int(a.shape[1]), int(a.shape[2])
-        x = torch.cat((a, b)).permute(0, 3, 1, 2).float()  # (2N, 3, H, W)
         size = self.work_size or (H, W)
         if self.backend == "dis" and max(size) < _DIS_MIN_SIDE:
             at = f" (the working size of {wh(size)})" if self.work_size else ""
@@ -344,15 +347,20 @@ class FlowEstimator:
                 f"images: frames of {wh((H, W))}{at} are too small for DIS optical flow, which needs one "
                 f"side of {_DIS_MIN_SIDE} px or more; use larger frames (or a larger work size)"
             )
-        x = _resize_images(x, size)
-        xa, xb = x.chunk(2)
-        flow = self._dis_flow(xa, xb) if self.backend == "dis" else self._raft_flow(xa, xb)
+        with self._lock:
+            if self.backend == "dis":
+                flow = self._dis_flow(a, b, size)
+            else:
+                x = _resize_images(torch.cat((a, b)).permute(0, 3, 1, 2).float(), size)  # (2N, 3, h, w)
+                flow = self._raft_flow(*x.chunk(2))
         return resize_flow(flow, (H, W)).to(a.device)
 
-    def _dis_flow(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """a, b: ``(N, 3, h, w)`` -> ``(N, 2, h, w)``. DIS works on 8-bit grayscale."""
+    def _dis_flow(self, a: torch.Tensor, b: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """a, b: ``(N, H, W, 3)`` -> ``(N, 2, h, w)`` at the working ``size``. DIS works on 8-bit
+        grayscale; one image is converted at a time (a 4K float frame is 100 MB)."""
 
         def gray(img: torch.Tensor) -> np.ndarray:
+            img = _resize_images(img.permute(2, 0, 1)[None].float(), size)[0]
             u8 = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             return cv2.cvtColor(np.ascontiguousarray(u8), cv2.COLOR_RGB2GRAY)
 

@@ -173,6 +173,31 @@ def hole_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+def smooth_fill(image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+    """``image (C, H, W)`` with the pixels where ``hole (H, W)`` > 0.5 replaced by a smooth fill from
+    the known pixels around them (push-pull: a mask-weighted image pyramid, averaged down and blended
+    back up bilinearly). Known pixels are unchanged bit for bit; a hole without known pixels becomes 0.
+
+    Why: a hole filled with a constant (or the object still in it) has sharp edges that move with the
+    hole, and a flow estimator follows them; the smooth fill continues the colours at the hole's edge,
+    so there is almost no edge left to follow.
+    """
+    known = (hole <= 0.5).to(image.dtype)[None]
+    if bool(known.all()):
+        return image
+    colour, weight = [image * known], [known]
+    while min(colour[-1].shape[-2:]) > 1:
+        # Down: mean colour of each block's known pixels (premultiplied by the share known).
+        colour.append(F.avg_pool2d(colour[-1][None], 2, ceil_mode=True)[0])
+        weight.append(F.avg_pool2d(weight[-1][None], 2, ceil_mode=True)[0])
+    est = colour[-1] / weight[-1].clamp_min(1e-8)
+    for c, w in zip(reversed(colour[:-1]), reversed(weight[:-1])):
+        # Up: a block's own known colour where it has some, the coarser estimate for the rest.
+        up = F.interpolate(est[None], size=c.shape[-2:], mode="bilinear", align_corners=False)[0]
+        est = c + (1.0 - w) * up
+    return torch.where(known > 0.5, image, est)
+
+
 __all__ = [
     "dilate",
     "fit_size",
@@ -183,6 +208,7 @@ __all__ = [
     "resize_frame",
     "resize_mask",
     "round_to_multiple",
+    "smooth_fill",
     "warp",
 ]
 

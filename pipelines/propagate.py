@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import cv2
 import numpy as np
@@ -26,8 +27,8 @@ import torch
 from .checks import check_finite_result, check_known_pixels
 from .errors import PipelineError
 from .flow import FlowEstimator, complete_flow, fb_error, flow_pair
-from .ops import dilate, hole_box, release_freed_memory, warp
-from .progress import ProgressFn, report
+from .ops import dilate, hole_box, release_freed_memory, smooth_fill, warp
+from .progress import ProgressFn, report, run_checked
 from .spill import SpillStore
 from .types import FlowSet, FrameSequence, FrameSink
 
@@ -59,6 +60,14 @@ class PropagationConfig:
         (Telea, or the ``fill`` given to :func:`propagate_fill`); "carried" fills them where they first
         appear and carries that fill on to the next frames with the flow, like the colours frames
         show (stable from frame to frame; filled again only where the chain breaks).
+    flow_prefill: estimate the flow on frames whose hole is filled smoothly from its edge
+        (:func:`~.ops.smooth_fill`) instead of as given: the hole's own edges (an object's outline,
+        a greyed box) are strong features, and the estimate near them follows the hole instead of
+        the background. Only with an estimator (a given FlowSet is used as is).
+    flow_union: complete (and prefill) the flows of a pair (t, t+1) over both frames' holes, not
+        each frame's own: where the hole moved between the two frames, one frame's background is
+        matched to the other's hole, so the flow there (and in the margin around it) belongs to the
+        hole, not to the background. A hole that does not move is its own union: no change.
     memory_mb: memory kept for the window (the flows of a chunk and its lookahead, the backward
         states of a chunk); what is beyond it is kept in temporary files, so a job's memory does not
         grow with the frame size. The results are the same bit for bit (not part of a job's identity).
@@ -82,6 +91,8 @@ class PropagationConfig:
     flow_fill: str = "homography"
     ghost_check: float | None = None
     unseen_fill: str = "per_frame"
+    flow_prefill: bool = False
+    flow_union: bool = True
     memory_mb: int = field(default=256, repr=False, compare=False)
 
 
@@ -113,6 +124,8 @@ Box = tuple[int, int, int, int]  # (y0, y1, x0, x1) of a frame's hole
 # Pixels the known pixels found moving on their own are grown by (ghost_check): on the crossing clip
 # of pipelines/testing/synthetic.py, 0 leaves a ghost copy in some frames, 2 none.
 _GHOST_GROW = 2
+# Known pixels around a hole's box that its smooth fill (flow_prefill) is computed from.
+_PREFILL_MARGIN = 16
 
 
 @dataclass
@@ -170,6 +183,7 @@ class _PairFlows:
         # Called between the steps of a pair (each a large-frame flow estimate or completion), so
         # Cancel (raised by it) does not wait for the whole pair.
         self.tick = tick or (lambda: None)
+        self.check = tick  # also called during the long calls below (see run_checked)
         # Kept while a later chunk still needs them; beyond the budget, in temporary files.
         self.cache = SpillStore(int(cfg.memory_mb * 0.6 * 2**20), "flows")
         self.computed = 0
@@ -185,19 +199,23 @@ class _PairFlows:
             ok = torch.where(filled > 0.5, loose, ok)
         return ok
 
-    def _moving(self, s: int, o: int, flow: torch.Tensor) -> torch.Tensor:
-        """(H,W) float, 1 on known pixels of frame ``s`` that do not move as the completed ``flow``
-        (s -> o, the background's motion around the hole) says: their colour differs from frame
-        ``o``'s where that flow lands (on a known pixel) by more than ``ghost_check`` (mean over RGB,
-        0-1). Such a pixel belongs to something moving on its own near the hole."""
-        img_s = self.frames[s][..., :3].float().permute(2, 0, 1)
-        img_o = self.frames[o][..., :3].float().permute(2, 0, 1)
-        target = torch.cat([img_o, 1.0 - self.holes(o)[None]], 0)
+    def _moving(
+        self, img_s: torch.Tensor, img_o: torch.Tensor, hole_s: torch.Tensor, hole_o: torch.Tensor,
+        flow: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """(H,W) bool, True on known pixels of frame s (``img_s`` (H,W,3), ``hole_s``) that do not move
+        as the completed ``flow`` (s -> o, the background's motion around the hole) says: their colour
+        differs from frame o's (``img_o``, ``hole_o``) where that flow lands (on a known pixel) by more
+        than ``ghost_check`` (mean over RGB, 0-1). Such a pixel belongs to something moving on its own
+        near the hole."""
+        img_s = img_s[..., :3].float().permute(2, 0, 1)
+        img_o = img_o[..., :3].float().permute(2, 0, 1)
+        target = torch.cat([img_o, 1.0 - hole_o[None]], 0)
         landed = warp(target[None], flow[None])[0]
         differs = (img_s - landed[:3]).abs().mean(0) > float(self.cfg.ghost_check)
         # Grown a little: an object's edges and texture show its motion, its smooth parts may not.
         moving = dilate((differs & (landed[3] >= 0.999)).float(), _GHOST_GROW) > 0.5
-        return moving & (self.holes(s) < 0.5)
+        return moving & (hole_s < 0.5)
 
     def _add_moving(self, s: int, moving: torch.Tensor) -> None:
         bits = np.packbits(moving.cpu().numpy().reshape(-1))
@@ -225,43 +243,88 @@ class _PairFlows:
         state[[0, 1, 2, 3, 5, 6]] *= keep  # colour and flags are premultiplied by validity
         return state
 
+    def _flow_input(self, t: int, region: torch.Tensor) -> torch.Tensor:
+        """Frame ``t`` as the flow estimator gets it: (1, H, W, 3) float, with ``flow_prefill`` the
+        ``region`` (H,W) filled smoothly (on its box and a margin: the fill needs the known pixels
+        around it)."""
+        image = self.frames[t][None, ..., :3].float()
+        box = hole_box(region) if self.cfg.flow_prefill else None
+        if box is None:
+            return image
+        H, W = self.size
+        y0, y1, x0, x1 = box
+        y0, y1, x0, x1 = (
+            max(y0 - _PREFILL_MARGIN, 0),
+            min(y1 + _PREFILL_MARGIN, H),
+            max(x0 - _PREFILL_MARGIN, 0),
+            min(x1 + _PREFILL_MARGIN, W),
+        )
+        image = image.clone()  # .float() of a float frame is the frame itself: never write into it
+        crop = image[0, y0:y1, x0:x1].permute(2, 0, 1)
+        image[0, y0:y1, x0:x1] = smooth_fill(crop, region[y0:y1, x0:x1]).permute(1, 2, 0)
+        return image
+
     def get(self, t: int) -> _Pair:
         if t in self.cache:
             return _Pair.from_tensors(self.cache[t])
-        m0 = dilate(self.holes(t), self.cfg.flow_mask_dilation)
-        m1 = dilate(self.holes(t + 1), self.cfg.flow_mask_dilation)
+        # Frames and holes are read here, the arithmetic runs in run_checked's worker: a lazy clip's
+        # reader is used by this thread only, also when a Cancel leaves a worker finishing.
+        h0, h1 = self.holes(t), self.holes(t + 1)
+        if self.cfg.flow_union:
+            c0 = c1 = torch.maximum(h0, h1)
+        else:
+            c0, c1 = h0, h1
         if self.flows is not None:
             raw_f, raw_b, _, _ = flow_pair(self.flows, t, self.size)
         else:
-            a = self.frames[t][None, ..., :3].float()
-            b = self.frames[t + 1][None, ..., :3].float()
-            raw_f = self.estimator(a, b)[0]
+            a, b = self._flow_input(t, c0), self._flow_input(t + 1, c1)
+            raw_f = run_checked(partial(self.estimator, a, b), self.check)[0]
             self.tick()
-            raw_b = self.estimator(b, a)[0]
+            raw_b = run_checked(partial(self.estimator, b, a), self.check)[0]
             self.tick()
+            del a, b
+        images = (self.frames[t], self.frames[t + 1]) if self.cfg.ghost_check is not None else None
+        entry, moving = run_checked(
+            partial(self._complete, t, raw_f, raw_b, h0, h1, c0, c1, images), self.check
+        )
+        self.tick()
+        if moving is not None:
+            self._add_moving(t, moving[0])
+            self._add_moving(t + 1, moving[1])
+        self.cache[t] = entry.to_tensors()
+        self.computed += 1
+        del raw_f, raw_b, moving, images
+        release_freed_memory()  # the full-frame temporaries of this pair (see ops)
+        return entry
+
+    def _complete(
+        self, t: int, raw_f: torch.Tensor, raw_b: torch.Tensor, h0: torch.Tensor, h1: torch.Tensor,
+        c0: torch.Tensor, c1: torch.Tensor, images: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[_Pair, tuple[torch.Tensor, torch.Tensor] | None]:  # fmt: skip
+        """The pair (t, t+1) from its raw flows (2,H,W) and holes (H,W): flows completed in the holes
+        grown by the margin, their trust, cropped to the holes' boxes; and with ``images`` (frames t
+        and t+1) the two frames' pixels that move on their own (ghost_check). Computes only."""
+        m0 = dilate(c0, self.cfg.flow_mask_dilation)
+        m1 = dilate(c1, self.cfg.flow_mask_dilation)
         # Always re-complete inside the hole grown by the margin, even for a FlowSet already filled
         # in the plain mask: flow near the object's edge carries the object's own motion.
         fwd = complete_flow(raw_f, m0, self.cfg.flow_fill, seed=t)
-        self.tick()
         bwd = complete_flow(raw_b, m1, self.cfg.flow_fill, seed=t + 1)
-        self.tick()
         err_f = fb_error(fwd[None], bwd[None])[0]
         err_b = fb_error(bwd[None], fwd[None])[0]
         trust_f, trust_b = self._trust(fwd, err_f, m0), self._trust(bwd, err_b, m1)
-        if self.cfg.ghost_check is not None:
-            self._add_moving(t, self._moving(t, t + 1, fwd))
-            self._add_moving(t + 1, self._moving(t + 1, t, bwd))
-        del raw_f, raw_b
-        box_t, box_t1 = hole_box(self.holes(t)), hole_box(self.holes(t + 1))
+        moving = None
+        if images is not None:
+            moving = (
+                self._moving(images[0], images[1], h0, h1, fwd),
+                self._moving(images[1], images[0], h1, h0, bwd),
+            )
+        box_t, box_t1 = hole_box(h0), hole_box(h1)
         entry = _Pair(
             _crop(fwd, box_t), _crop(bwd, box_t1), _crop(trust_f, box_t), _crop(trust_b, box_t1),
             box_t, box_t1,
         )  # fmt: skip
-        self.cache[t] = entry.to_tensors()
-        self.computed += 1
-        del fwd, bwd, err_f, err_b, trust_f, trust_b, m0, m1
-        release_freed_memory()  # the full-frame temporaries of this pair (see ops)
-        return entry
+        return entry, moving
 
     def evict_before(self, t: int) -> None:
         self.cache.drop_below(t)
@@ -386,6 +449,12 @@ def _step(
     sub[5] = sub[5] * (1 - okf) + (sampled[5] >= 0.5).float() * okf
     sub[6] = filled.float()
     return state
+
+
+def _check_seen(filled: torch.Tensor, to_fill: torch.Tensor, t: int) -> None:
+    """Known and propagated pixels of frame ``t`` (the rest is filled next): NaN there is a broken input."""
+    seen = torch.where(to_fill[..., None] > 0, 0.0, filled)
+    check_finite_result(seen, f"images: frame {t}", "check the node or files that made the frames")
 
 
 def _blend(fwd: torch.Tensor, bwd: torch.Tensor, frame: torch.Tensor, hole: torch.Tensor):
@@ -518,6 +587,9 @@ def propagate_fill(
         raise PipelineError(f"flow_fill: '{cfg.flow_fill}' is not one of homography, idw")
     if cfg.unseen_fill not in UNSEEN_FILLS:
         raise PipelineError(f"unseen_fill: '{cfg.unseen_fill}' is not one of {', '.join(UNSEEN_FILLS)}")
+    # Only the default fill (OpenCV, computing only) is watched for Cancel while it runs: a given fill
+    # may load a model, which must not go on in the background after a Cancel.
+    watch_fill = fill is None
     if fill is None:
 
         def fill(image: torch.Tensor, to_fill: torch.Tensor) -> torch.Tensor:
@@ -548,11 +620,18 @@ def propagate_fill(
     def frame(t: int) -> torch.Tensor:
         return frames[t][..., :3].float()
 
-    def known(t: int) -> torch.Tensor:
-        return _known_state(frame(t), hole(t), t in edited_set)
-
     current = [start // cfg.chunk]  # the chunk being worked on, for the ticks inside a pair
-    pairs = _PairFlows(frames, hole, flows, estimator, cfg, (H, W), tick=lambda: tick(current[0]))
+    # Cancel is checked during the long per-frame computations too (run_checked), not only between
+    # them: at 4K one of them can take seconds.
+    watch = None if progress is None else (lambda: tick(current[0]))
+
+    def checked(fn: Callable, *args):
+        return run_checked(partial(fn, *args), watch)
+
+    def known(t: int) -> torch.Tensor:
+        return checked(_known_state, frame(t), hole(t), t in edited_set)
+
+    pairs = _PairFlows(frames, hole, flows, estimator, cfg, (H, W), tick=watch)
     results: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if sink is None else None
     n_chunks = (T + cfg.chunk - 1) // cfg.chunk
     fwd_state: torch.Tensor | None = None
@@ -587,8 +666,8 @@ def propagate_fill(
                 tick(ci)
                 pair = pairs.get(t)  # flow t -> t+1 lives on frame t's grid
                 if pair.box_t is not None:
-                    state = _step(
-                        pairs.sources(t + 1, state), pair.fwd, pair.trust_fwd, frame(t), hole(t),
+                    state = checked(
+                        _step, pairs.sources(t + 1, state), pair.fwd, pair.trust_fwd, frame(t), hole(t),
                         t in edited_set, pair.box_t, cfg.valid_threshold,
                     )  # fmt: skip
                 else:
@@ -603,23 +682,20 @@ def propagate_fill(
                     fwd_state = known(t)
                 else:
                     pair = pairs.get(t - 1)  # flow t -> t-1 lives on frame t's grid
-                    fwd_state = _step(
-                        pairs.sources(t - 1, fwd_state), pair.bwd, pair.trust_bwd, frame(t), hole(t),
+                    fwd_state = checked(
+                        _step, pairs.sources(t - 1, fwd_state), pair.bwd, pair.trust_bwd, frame(t), hole(t),
                         t in edited_set, box, cfg.valid_threshold,
                     )  # fmt: skip
-                bwd = _unpack(PackedState.from_tensors(bwd_states.pop(t)), frame(t), hole(t), t in edited_set)
-                filled, unseen, to_fill = _blend(fwd_state, bwd, frame(t), hole(t))
+                stored = PackedState.from_tensors(bwd_states.pop(t))
+                bwd = checked(_unpack, stored, frame(t), hole(t), t in edited_set)
+                filled, unseen, to_fill = checked(_blend, fwd_state, bwd, frame(t), hole(t))
                 del bwd
                 tick(ci)
                 if stats is not None:
                     stats.frames += 1
                     stats.hole_pixels += int(hole(t).sum())
                     stats.unseen_pixels += int(unseen.sum())
-                # Known and propagated pixels (the rest is filled below): NaN there is a broken input.
-                seen = torch.where(to_fill[..., None] > 0, 0.0, filled)
-                check_finite_result(
-                    seen, f"images: frame {t}", "check the node or files that made the frames"
-                )
+                checked(_check_seen, filled, to_fill, t)
                 if unseen.any():
                     if bool(unseen.all()):
                         raise PipelineError(
@@ -627,7 +703,7 @@ def propagate_fill(
                             "nothing to fill it from; check its mask (inverted or blank white?)"
                         )
                     if to_fill.any():
-                        filled = fill(filled, to_fill)
+                        filled = checked(fill, filled, to_fill) if watch_fill else fill(filled, to_fill)
                         tick(ci)
                     if cfg.unseen_fill == "carried":
                         fwd_state = _carry_fill(fwd_state, filled, unseen)

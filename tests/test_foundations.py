@@ -19,6 +19,7 @@ from keyframe_propagation.pipelines.ops import (
     resize_flow,
     resize_mask,
     round_to_multiple,
+    smooth_fill,
     warp,
 )
 from keyframe_propagation.pipelines.weights import (
@@ -121,6 +122,29 @@ def test_dilate_grows_binary_masks():
     assert out.dtype == torch.float32 and set(out.unique().tolist()) == {0.0, 1.0}
     assert bool(out[10, 13]) and not bool(out[10, 14]) and float(out.sum()) > 20
     assert torch.equal(dilate(m, 0), (m > 0.5).float())
+
+
+def test_smooth_fill_continues_the_edge_and_keeps_known_pixels():
+    """Push-pull fill: known pixels are untouched, a constant stays constant, the fill stays within
+    the known colours, and it continues a smooth image far better than a constant would (no edge at
+    the hole's border for a flow estimator to follow)."""
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 60, 90, generator=gen)
+    hole = torch.zeros(60, 90)
+    hole[15:45, 30:70] = 1
+    out = smooth_fill(image, hole)
+    assert torch.equal(out[:, hole < 0.5], image[:, hole < 0.5])
+    assert out.min() >= image.min() and out.max() <= image.max()
+    assert torch.allclose(smooth_fill(torch.full((3, 60, 90), 0.3), hole), torch.full((3, 60, 90), 0.3))
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 60), torch.linspace(0, 1, 90), indexing="ij")
+    ramp = torch.stack([xx, yy, 0.5 * (xx + yy)])
+    err_fill = (smooth_fill(ramp, hole) - ramp)[:, hole > 0.5].abs().mean()
+    err_grey = (0.5 - ramp)[:, hole > 0.5].abs().mean()
+    assert err_fill < 0.5 * err_grey
+    # Across the hole's border the fill steps by about one pixel's change of the ramp, not by a jump.
+    fill = smooth_fill(ramp, hole)
+    assert (fill[:, 30, 30] - ramp[:, 30, 29]).abs().max() < 0.03
+    assert torch.equal(smooth_fill(image, torch.zeros(60, 90)), image)
 
 
 def test_padding_reflects_and_falls_back_to_replicate():

@@ -6,6 +6,8 @@ pixels with hand-built (analytic) flows, static scenes, and the per-frame Telea 
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from keyframe_propagation.pipelines.propagate import (
 from keyframe_propagation.pipelines.testing.synthetic import (
     crossing_clip,
     make_clip,
+    moving_box_clip,
     object_copies,
     psnr_in_mask,
 )
@@ -328,6 +331,78 @@ def test_cancel_is_checked_between_the_flow_estimates_of_a_pair(clip):
     )  # fmt: skip
     assert log.count("flow") == 2 * (T - 1)
     assert all(not (x == y == "flow") for x, y in zip(log, log[1:])), "two flow estimates without a tick"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_flow_union_and_prefill_follow_the_background_not_the_moving_hole(seed):
+    """Flow estimated next to a moving hole follows the hole's edges. Completing each pair's flows
+    over both frames' holes (flow_union) and estimating on frames whose hole is filled smoothly
+    (flow_prefill) leave only the background's motion (zero here): then the fill is the truth."""
+    clip = moving_box_clip(seed=seed)
+    truth, inputs, masks = clip.truth, clip.frames, clip.masks
+
+    def psnr(**options) -> float:
+        cfg = PropagationConfig(**{"flow_union": False, "flow_prefill": False, **options})
+        out, _ = propagate_fill(inputs, masks, config=cfg, estimator=FlowEstimator("dis", "medium"))
+        return float(psnr_in_mask(out, truth, masks))
+
+    plain, union, both = psnr(), psnr(flow_union=True), psnr(flow_union=True, flow_prefill=True)
+    assert plain < 70.0 and union > plain + 2.0
+    assert both > 100.0, "the background is static: the exact flow is zero and every pixel is shown"
+
+
+def test_cancel_is_seen_during_one_long_flow_estimate(clip):
+    """Cancel (the progress callback raising) stops the run while a single estimate is still
+    running, not after it: a 4K estimate or inpainting takes seconds. The estimate here blocks until
+    the test releases it, so the run can only stop during it."""
+
+    class Cancelled(Exception):
+        pass
+
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def estimator(a, b):
+        started.set()
+        release.wait(5)
+        finished.set()
+        return torch.zeros(a.shape[0], 2, a.shape[1], a.shape[2])
+
+    def progress(done, total, text):
+        if started.is_set():
+            raise Cancelled
+
+    try:
+        with pytest.raises(Cancelled):
+            propagate_fill(clip.frames, clip.masks, estimator=estimator, progress=progress)
+        assert not finished.is_set(), "the run stopped only after the estimate"
+    finally:
+        release.set()
+
+
+def test_run_checked_returns_raises_and_keeps_the_grad_mode():
+    from keyframe_propagation.pipelines.progress import run_checked
+
+    assert run_checked(lambda: 41 + 1, lambda: None) == 42
+    assert run_checked(lambda: 7, None) == 7
+    with pytest.raises(ZeroDivisionError):
+        run_checked(lambda: 1 / 0, lambda: None)
+    with torch.inference_mode():
+        assert run_checked(torch.is_inference_mode_enabled, lambda: None)
+    with torch.no_grad():
+        assert not run_checked(torch.is_grad_enabled, lambda: None)
+    assert run_checked(torch.is_grad_enabled, lambda: None)
+
+
+def test_results_are_the_same_with_and_without_progress(clip):
+    """With a progress callback the long computations run in a worker thread (run_checked): the
+    numbers are those of the direct calls, bit for bit."""
+    cfg = PropagationConfig(chunk=5, lookahead=4, ghost_check=0.1)
+    plain = propagate_fill(clip.frames, clip.masks, config=cfg, estimator=FlowEstimator("dis", "ultrafast"))
+    watched = propagate_fill(
+        clip.frames, clip.masks, config=cfg, estimator=FlowEstimator("dis", "ultrafast"),
+        progress=lambda *a: None,
+    )  # fmt: skip
+    assert torch.equal(plain[0], watched[0]) and torch.equal(plain[1], watched[1])
 
 
 # ------------------------------------------------------------------------------------------------

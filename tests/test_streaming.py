@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -197,6 +198,37 @@ def test_an_interrupted_job_resumes_and_equals_an_uninterrupted_one(clip_dir, tm
     assert other.start == 0 and not other.complete
 
 
+def test_cancel_during_a_frame_s_encoding_leaves_no_file(tmp_path, monkeypatch):
+    """The ``check`` given to ``write`` (Cancel) is called while the image is encoded (half a second
+    for a 4K PNG): when it raises, write raises then, and neither the frame nor a partial file is left."""
+    from keyframe_propagation.pipelines.clip import write as write_module
+
+    started, release = threading.Event(), threading.Event()
+    encode = write_module._encode_image
+
+    def slow_encode(*args):
+        started.set()
+        release.wait(5)
+        return encode(*args)
+
+    class Cancelled(Exception):
+        pass
+
+    def check():
+        if started.is_set():
+            raise Cancelled
+
+    monkeypatch.setattr(write_module, "_encode_image", slow_encode)
+    writer = fr.ClipWriter(tmp_path / "out", ["a", "b"], 10, "fp", None)
+    try:
+        with pytest.raises(Cancelled):
+            writer.write(0, torch.rand(16, 24, 3), check=check)
+        assert not release.is_set() and list((tmp_path / "out").iterdir()) == []
+    finally:
+        release.set()
+    writer.abort()
+
+
 def test_a_failed_video_leaves_no_file(tmp_path):
     enc = fr.VideoEncoder(tmp_path / "v.mp4", 10, (8, 8))
     enc.add(torch.zeros(8, 8, 3))
@@ -318,11 +350,11 @@ def test_inpaint_streams_writes_and_resumes(comfy_nodes, comfy_dirs, monkeypatch
     calls = [0]
     original = fr.ClipWriter.write
 
-    def cancel(self, t, frame):
+    def cancel(self, t, frame, check=None):
         calls[0] += 1
         if calls[0] == 11:
             raise mm.InterruptProcessingException()
-        return original(self, t, frame)
+        return original(self, t, frame, check)
 
     monkeypatch.setattr(fr.ClipWriter, "write", cancel)
     with pytest.raises(mm.InterruptProcessingException):

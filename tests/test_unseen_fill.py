@@ -11,11 +11,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from keyframe_propagation.pipelines.errors import PipelineError
+from keyframe_propagation.pipelines.flow import FlowEstimator
 from keyframe_propagation.pipelines.propagate import FillStats, PropagationConfig, propagate_fill
 from keyframe_propagation.pipelines.refine.lama import LamaConfig
 from keyframe_propagation.pipelines.refine.multiscale import frame_filler
 from keyframe_propagation.pipelines.testing.lama import random_lama
-from keyframe_propagation.pipelines.testing.synthetic import crossing_clip
+from keyframe_propagation.pipelines.testing.synthetic import crossing_clip, moving_box_clip, psnr_in_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -178,3 +179,44 @@ def test_inpaint_node_fill_model_and_never_seen_text(comfy_nodes):
         node.execute(**base | {"fill_model": torch.nn.Linear(2, 2)})
     with pytest.raises(PipelineError, match="unseen_fill"):
         node.execute(**base | {"unseen_fill": "sometimes"})
+
+
+# ------------------------------------------------------------------------------------------------
+# flow_prefill on the node and the command line
+# ------------------------------------------------------------------------------------------------
+
+
+def test_flow_prefill_on_the_node(comfy_nodes):
+    node = comfy_nodes.TwoStreamInpaint
+    clip = moving_box_clip()
+    base = node_defaults(node) | {"images": clip.frames, "masks": clip.masks}
+    on, off = node.execute(**base | {"flow_prefill": True}), node.execute(**base)
+    expected, _ = propagate_fill(
+        clip.frames,
+        clip.masks,
+        config=PropagationConfig(flow_prefill=True),
+        estimator=FlowEstimator("dis", "medium"),
+    )
+    assert torch.equal(on.result[0], expected)
+    assert psnr_in_mask(on.result[0], clip.truth, clip.masks) > psnr_in_mask(
+        off.result[0], clip.truth, clip.masks
+    )
+
+
+def test_flow_prefill_on_the_command_line():
+    """--flow-prefill reaches the propagation settings and the resume fingerprint's settings (a
+    record written without it is not resumed with it)."""
+    from keyframe_propagation.cli.main import build_parser
+    from keyframe_propagation.cli.remove import _config_from_args, _fingerprint
+
+    argv = ["remove", "--frames", "f", "--masks", "m", "--out", "o"]
+    on = build_parser().parse_args([*argv, "--flow-prefill"])
+    off = build_parser().parse_args(argv)
+    assert _config_from_args(on).flow_prefill and not _config_from_args(off).flow_prefill
+    assert _config_from_args(off) == PropagationConfig()  # the command line's defaults are the pipeline's
+
+    class Clip:
+        def fingerprint(self) -> str:
+            return "the same clip"
+
+    assert _fingerprint(on, Clip()) != _fingerprint(off, Clip())

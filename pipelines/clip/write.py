@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,7 @@ import torch
 from ..checks import check_shape
 from ..errors import PipelineError, logger
 from ..ops import release_freed_memory
+from ..progress import run_checked
 from .paths import VIDEO_EXTENSIONS
 
 # Containers that take H.264.
@@ -298,8 +300,9 @@ class ClipWriter:
         )
 
     # -- writing --------------------------------------------------------------------------------
-    def write(self, t: int, frame: torch.Tensor) -> Path:
-        """Write frame ``t`` (frames come in order, from ``start``)."""
+    def write(self, t: int, frame: torch.Tensor, check: Callable[[], None] | None = None) -> Path:
+        """Write frame ``t`` (frames come in order, from ``start``). ``check`` (Cancel) is called
+        while the image is encoded (about half a second for a 4K PNG; see ``run_checked``)."""
         if t != self._next:
             raise ValueError(f"ClipWriter: frame {t} written, frame {self._next} expected")
         if self._encoder is None and self.video_name is not None:
@@ -309,7 +312,7 @@ class ClipWriter:
 
                 self._encoder.add(load_image_tensor(self.frame_path(k), "frames"))
         path = self.frame_path(t)
-        _write_atomic(path, _encode_image(frame, self.ext, path.name))
+        _write_atomic(path, run_checked(partial(_encode_image, frame, self.ext, path.name), check))
         if self._encoder is not None:
             self._encoder.add(frame)
         self._next += 1

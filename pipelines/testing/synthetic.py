@@ -149,6 +149,25 @@ def crossing_clip(
     )
 
 
+def moving_box_clip(
+    num_frames: int = 12, height: int = 96, width: int = 160, speed: int = 5, seed: int = 0
+) -> SyntheticClip:
+    """A static scene (no camera motion) under a greyed box (36x40 px) moving right ``speed`` px/frame.
+
+    ``frames`` have the box grey (0.5), as the removal bench's inputs; every background pixel shows in
+    some frame and the true flow is zero, so flow that follows the moving box is what goes wrong.
+    """
+    rng = np.random.default_rng(seed)
+    bg = cv2.GaussianBlur(rng.random((height, width, 3)).astype(np.float32), (0, 0), 2.0)
+    bg = torch.from_numpy((bg - bg.min()) / (bg.max() - bg.min()))
+    truth = bg.expand(num_frames, height, width, 3).clone()
+    masks = torch.zeros(num_frames, height, width)
+    y0, x0 = height * 5 // 16, width // 8
+    for t in range(num_frames):
+        masks[t, y0 : y0 + 36, x0 + speed * t : x0 + speed * t + 40] = 1
+    return SyntheticClip(torch.where(masks[..., None] > 0.5, 0.5, truth), truth, masks)
+
+
 def object_copies(
     out: torch.Tensor, clip: SyntheticClip, tol: float = 0.25, min_pixels: int = 4
 ) -> list[int]:
