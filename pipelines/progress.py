@@ -11,8 +11,6 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-import torch
-
 T = TypeVar("T")
 
 ProgressFn = Callable[[int, int, str], None]
@@ -35,6 +33,8 @@ def run_checked(fn: Callable[[], T], check: Callable[[], None] | None, interval:
     """
     if check is None:
         return fn()
+    import torch  # here: the command line imports this module before it sets up torch's threads
+
     result: dict[str, object] = {}
     finished = threading.Event()
     # Grad and inference mode are per thread: the worker computes as the caller would.
