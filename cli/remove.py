@@ -29,6 +29,7 @@ def _config_from_args(args):
         ghost_check=args.ghost_check if args.ghost_check > 0 else None,
         unseen_fill="carried" if getattr(args, "fill_model", "") else args.unseen_fill.replace("-", "_"),
         flow_prefill=bool(getattr(args, "flow_prefill", False)),
+        flow_passes=int(getattr(args, "flow_passes", 1)),
     )
 
 
@@ -59,6 +60,14 @@ def _add_propagation_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="estimate the flow on frames whose hole is first filled smoothly from its edge, so the flow "
         "next to the hole follows the background, not the hole's or the object's outline",
+    )
+    p.add_argument(
+        "--flow-passes",
+        type=int,
+        default=1,
+        choices=[1, 2],
+        help="2 = propagate twice (about twice the time): the flow is estimated again on the frames "
+        "filled by the first pass, so more of the hole is filled from other frames",
     )
 
 

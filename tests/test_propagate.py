@@ -6,6 +6,7 @@ pixels with hand-built (analytic) flows, static scenes, and the per-frame Telea 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import cv2
@@ -523,3 +524,104 @@ def test_ghost_check_resumes_bit_exactly():
             sink=lambda t, f, u, got=got: got.append(f),
         )
         assert torch.equal(torch.stack(got), whole[start:]), start
+
+
+# ------------------------------------------------------------------------------------------------
+# flow_passes=2: the flows estimated again on the first pass's fills
+# ------------------------------------------------------------------------------------------------
+
+
+def _panning_inputs(num_frames: int = 16, seed: int = 3):
+    """A panning clip (make_clip) with its holes greyed, as the removal bench's inputs."""
+    clip = make_clip(num_frames=num_frames, seed=seed)
+    h = clip.masks[..., None]
+    return clip, clip.frames * (1 - h) + 0.5 * h
+
+
+def _second_pass_plainly(inputs, masks, first, cfg):
+    """flow_passes=2's second pass written plainly: DIS medium gets each frame with its hole filled by
+    the first pass's result ``first``, the flows completed over the narrower margin."""
+    dis = FlowEstimator("dis", "medium")
+
+    def filled(image: torch.Tensor) -> torch.Tensor:
+        (t,) = [t for t in range(len(inputs)) if torch.equal(image[0], inputs[t])]
+        return first[t][None]
+
+    def estimator(a, b):
+        return dis(filled(a), filled(b))
+
+    plain_cfg = dataclasses.replace(cfg, flow_passes=1, flow_mask_dilation=prop._GUIDED_MARGIN)
+    return propagate_fill(inputs, masks, config=plain_cfg, estimator=estimator)[0]
+
+
+def test_two_passes_are_one_pass_then_the_flows_of_its_fills():
+    """flow_passes=2: a first run; then a second whose estimator gets each frame with its hole filled
+    by the first run. Bit for bit; with a given FlowSet, it is the first run's."""
+    clip, inputs = _panning_inputs()
+    cfg = PropagationConfig(chunk=6, lookahead=4, flow_passes=2)
+    one = dataclasses.replace(cfg, flow_passes=1)
+    first, _ = propagate_fill(inputs, clip.masks, config=one, estimator=FlowEstimator("dis", "medium"))
+    two, _ = propagate_fill(inputs, clip.masks, config=cfg, estimator=FlowEstimator("dis", "medium"))
+    assert torch.equal(two, _second_pass_plainly(inputs, clip.masks, first, cfg))
+    assert not torch.equal(two, first)
+    h = clip.masks[..., None] > 0.5
+    assert torch.equal(torch.where(h, 0.0, two), torch.where(h, 0.0, inputs))  # known pixels untouched
+
+    flows = compute_flows(inputs, FlowEstimator("dis", "ultrafast"))
+    first, _ = propagate_fill(inputs, clip.masks, flows=flows, config=one)
+    two, _ = propagate_fill(inputs, clip.masks, flows=flows, config=cfg)
+    assert torch.equal(two, _second_pass_plainly(inputs, clip.masks, first, cfg))
+
+
+def test_two_passes_resume_bit_exactly_and_keep_a_window():
+    """A resumed two-pass run equals the uninterrupted one (the first pass starts again from frame 0),
+    and the first pass's fills are kept for the second pass's window only, not for the clip."""
+    clip, inputs = _panning_inputs(num_frames=30)
+    cfg = PropagationConfig(chunk=6, lookahead=4, flow_passes=2)
+    kept: list[int] = []
+    make = prop._Guide._make_until
+
+    def counting(self, t):
+        make(self, t)
+        kept.append(len(self.store))
+
+    states: dict[int, PackedState] = {}
+    try:
+        prop._Guide._make_until = counting
+        whole, _ = propagate_fill(
+            inputs, clip.masks, config=cfg, on_chunk=lambda e, s: states.__setitem__(e, s)
+        )
+    finally:
+        prop._Guide._make_until = make
+    assert 0 < max(kept) <= cfg.chunk + cfg.lookahead + 1
+    for start in (6, 18):
+        got: list[torch.Tensor] = []
+        propagate_fill(
+            inputs,
+            clip.masks,
+            config=cfg,
+            resume=Resume(start, PackedState.from_tensors(states[start].to_tensors())),
+            sink=lambda t, f, u, got=got: got.append(f),
+        )
+        assert torch.equal(torch.stack(got), whole[start:]), start
+
+
+def test_two_passes_check_cancel_in_the_first_pass():
+    """The first pass's flow estimates have the progress callback (Cancel) between them too; 3 passes
+    are refused."""
+    clip, inputs = _panning_inputs(num_frames=10)
+    log: list[str] = []
+    inner = FlowEstimator("dis", "ultrafast")
+
+    def estimator(a, b):
+        log.append("flow")
+        return inner(a, b)
+
+    cfg = PropagationConfig(chunk=4, lookahead=4, flow_passes=2)
+    propagate_fill(
+        inputs, clip.masks, estimator=estimator, progress=lambda *a: log.append("tick"), config=cfg
+    )
+    assert log.count("flow") == 2 * 2 * (len(inputs) - 1)  # both passes, both directions
+    assert all(not (x == y == "flow") for x, y in zip(log, log[1:])), "two flow estimates without a tick"
+    with pytest.raises(PipelineError, match="flow_passes"):
+        propagate_fill(inputs, clip.masks, config=PropagationConfig(flow_passes=3))

@@ -114,3 +114,21 @@ def test_cancel_then_queue_again_continues_and_equals_an_uninterrupted_run(comfy
         assert (out / "cut" / name).read_bytes() == (out / "whole" / name).read_bytes(), name
     # The server still serves.
     assert comfy_server.get("/system_stats")["system"]
+
+
+def test_streamed_removal_with_two_flow_passes(comfy_server):
+    """flow_passes=2 (new last input) through the streamed graph: complete, named outputs; the
+    same frame count and names as one pass, and a different fill."""
+    client = ComfyClient(comfy_server.url)
+    one = client.wait(client.queue(_api("kfp_long/one", frame_cap=12, width=216)), timeout=300)
+    api = _api("kfp_long/two", frame_cap=12, width=216)
+    api["4"]["inputs"]["flow_passes"] = 2
+    two = client.wait(client.queue(api), timeout=300)
+    assert one["status"]["status_str"] == two["status"]["status_str"] == "success"
+    out = comfy_server.base / "output" / "kfp_long"
+    assert _frames(out / "two") == _frames(out / "one") == [f"{t:05d}.png" for t in range(12)]
+    assert json.loads((out / "two" / ".kfp_progress.json").read_text())["complete"] is True
+    differ = [
+        n for n in _frames(out / "one") if (out / "one" / n).read_bytes() != (out / "two" / n).read_bytes()
+    ]
+    assert differ, "flow_passes=2 changed nothing"

@@ -10,6 +10,7 @@ from PIL import Image
 
 from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.flow import FlowEstimator, compute_flows
+from keyframe_propagation.pipelines.propagate import PropagationConfig
 from keyframe_propagation.pipelines.testing.synthetic import make_clip
 from keyframe_propagation.pipelines.two_stream.flows import model_flows
 from keyframe_propagation.pipelines.two_stream.io import save_two_stream
@@ -124,9 +125,11 @@ def test_protocol_on_a_synthetic_clip(tiny, clip):
     assert not torch.equal(out[5][m], clip.frames[5][m])
 
 
-def test_memory_is_bounded_by_the_chunk(tiny):
+@pytest.mark.parametrize("passes", [1, 2])
+def test_memory_is_bounded_by_the_chunk(tiny, passes):
     """A 60-frame lazy clip: frames are read near the chunk being written, at most two generated
-    frames are held, results go to the sink in order."""
+    frames are held (three with flow_passes=2: its first pass is a chunk ahead), results go to the
+    sink in order."""
     clip = make_clip(num_frames=60, height=48, width=64, seed=5)
 
     class Lazy:
@@ -142,14 +145,18 @@ def test_memory_is_bounded_by_the_chunk(tiny):
 
     written: list[int] = []
     frames = Lazy(clip.frames)
-    cfg = TwoStreamVideoConfig(generate_every=10, keyframe_offsets=(-20, -10, 10, 20))
+    cfg = TwoStreamVideoConfig(
+        generate_every=10,
+        keyframe_offsets=(-20, -10, 10, 20),
+        propagation=PropagationConfig(flow_passes=passes),
+    )
     video = TwoStreamVideo(tiny, frames, Lazy(clip.masks), config=cfg)
     assert video.run(sink=lambda t, f, u: written.append(t)) is None
     assert written == list(range(60))
-    assert video.max_cached <= 2
-    # Every read is within the keyframe reach + one chunk of the last frame written.
+    assert video.max_cached <= passes + 1
+    # Every read is within the keyframe reach + one chunk (two with flow_passes=2) of the last frame written.
     assert all(t >= last - 20 - 10 for t, last in frames.reads)
-    assert all(t <= last + 1 + 10 + 20 for t, last in frames.reads)
+    assert all(t <= last + 1 + 10 * passes + 20 for t, last in frames.reads)
 
 
 def test_edited_keyframes_are_given_and_not_regenerated(tiny, clip):
@@ -234,3 +241,20 @@ def test_cli_remove_with_model(tmp_path, tiny):
     assert np.array_equal(res[known], src[known])
     rc, _, err = run_cli(cmd[:-3] + ["--model", str(tmp_path / "nope.ckpt")])
     assert rc == 2 and "nope.ckpt" in err
+
+
+def test_protocol_with_two_flow_passes(tiny, clip):
+    """flow_passes=2 goes through the protocol (its first pass reads the generated frames too):
+    the generated frames are in the output as made, known pixels unchanged; one more generated
+    frame is held (the first pass is a chunk ahead; see test_memory_is_bounded_by_the_chunk)."""
+    one = TwoStreamVideo(tiny, clip.frames, clip.masks, config=TwoStreamVideoConfig(generate_every=10))
+    cfg = TwoStreamVideoConfig(generate_every=10, propagation=PropagationConfig(flow_passes=2))
+    video = TwoStreamVideo(tiny, clip.frames, clip.masks, config=cfg)
+    out, _ = video.run()
+    ref, _ = one.run()
+    assert _known_unchanged(out, clip.frames, clip.masks)
+    assert video.generated == one.generated == [0, 10, 20, 24]
+    for g in (0, 10, 24):
+        assert torch.allclose(out[g], video.generate(g), atol=1e-6)
+    assert video.max_cached <= 3
+    assert not torch.equal(out, ref)

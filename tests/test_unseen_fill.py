@@ -220,3 +220,34 @@ def test_flow_prefill_on_the_command_line():
             return "the same clip"
 
     assert _fingerprint(on, Clip()) != _fingerprint(off, Clip())
+
+
+def test_flow_passes_on_the_node_and_the_command_line(comfy_nodes):
+    """flow_passes=2 on the node is the pipeline's; --flow-passes 2 reaches the settings and the
+    resume fingerprint (a one-pass record is not resumed by a two-pass run)."""
+    from keyframe_propagation.cli.main import build_parser
+    from keyframe_propagation.cli.remove import _config_from_args, _fingerprint
+
+    node = comfy_nodes.TwoStreamInpaint
+    clip = moving_box_clip(num_frames=8)
+    base = node_defaults(node) | {"images": clip.frames, "masks": clip.masks}
+    assert base["flow_passes"] == 1
+    two = node.execute(**base | {"flow_passes": 2})
+    expected, _ = propagate_fill(
+        clip.frames,
+        clip.masks,
+        config=PropagationConfig(flow_passes=2),
+        estimator=FlowEstimator("dis", "medium"),
+    )
+    assert torch.equal(two.result[0], expected)
+
+    argv = ["remove", "--frames", "f", "--masks", "m", "--out", "o"]
+    on = build_parser().parse_args([*argv, "--flow-passes", "2"])
+    off = build_parser().parse_args(argv)
+    assert _config_from_args(on).flow_passes == 2 and _config_from_args(off).flow_passes == 1
+
+    class Clip:
+        def fingerprint(self) -> str:
+            return "the same clip"
+
+    assert _fingerprint(on, Clip()) != _fingerprint(off, Clip())
