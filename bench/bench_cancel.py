@@ -82,6 +82,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=10, help="interrupts")
     p.add_argument("--preset", default="medium", choices=["ultrafast", "fast", "medium"], help="DIS preset")
     p.add_argument("--wait", default="2,20", help="seconds from queueing to the interrupt: min,max")
+    p.add_argument("--chunk", type=int, default=0, help="the node's chunk (0: the workflow's)")
+    p.add_argument("--lookahead", type=int, default=-1, help="the node's lookahead (-1: the workflow's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per round")
     args = p.parse_args()
@@ -90,6 +92,9 @@ def main() -> None:
     from comfy_fixtures import Server
 
     header(f"Cancel in ComfyUI, {size[1]}x{size[0]}, streamed removal, DIS {args.preset}")
+    if args.chunk > 0 or args.lookahead >= 0:
+        look = args.lookahead if args.lookahead >= 0 else "as the workflow"
+        print(f"chunk {args.chunk or 'as the workflow'}, lookahead {look}")
     rng = random.Random(args.seed)
     wait = tuple(float(v) for v in args.wait.split(","))
     with tempfile.TemporaryDirectory(prefix="kfp_cancel_") as tmp:
@@ -99,6 +104,10 @@ def main() -> None:
         print(f"built a {args.frames}-frame clip in {time.monotonic() - t0:.0f} s")
         api = prompt("stream", args.frames, "cancel")
         api["3"]["inputs"]["preset"] = args.preset
+        if args.chunk > 0:  # short chunks: frames are written soon, so interrupts land there too
+            api["4"]["inputs"]["chunk"] = args.chunk
+        if args.lookahead >= 0:
+            api["4"]["inputs"]["lookahead"] = args.lookahead
         folder = base / "output" / "bench" / "cancel"
         srv = Server(base)
         srv.start()

@@ -184,10 +184,13 @@ class FlowEstimate(io.ComfyNode):
             # at most _STREAM_PREVIEW_SIDE wide or high (the preview stays in ComfyUI's cache).
             n = min(len(clip), _STREAM_PREVIEW_FRAMES)
             small = fit_within(*clip.size, _STREAM_PREVIEW_SIDE, _STREAM_PREVIEW_SIDE)
-            images = torch.stack(
-                [torch.from_numpy(resize_frame(clip.frame(t).numpy(), small)) for t in range(n)]
-            )
-            masks = torch.stack([resize_mask(clip.mask(t), small) for t in range(n)])
+            check = comfy_progress().check  # a 4K frame takes about half a second to read: Cancel between
+            shrunk, masks = [], []
+            for t in range(n):
+                shrunk.append(torch.from_numpy(resize_frame(clip.frame(t).numpy(), small)))
+                masks.append(resize_mask(clip.mask(t), small))
+                check()
+            images, masks = torch.stack(shrunk), torch.stack(masks)
         if images.shape[0] < 2:
             raise PipelineError(f"images: flow needs at least 2 frames, got {images.shape[0]}")
         H, W = images.shape[1:3]

@@ -12,6 +12,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..pipelines import preview as pv
+from .common import comfy_progress
 
 log = logging.getLogger("keyframe_propagation")
 
@@ -56,7 +57,8 @@ def filmstrip_ui(
     frames: torch.Tensor, masks: torch.Tensor | None, keyframes: list[int], source: str, owner: str | None
 ) -> dict:
     """Make and keep the filmstrip of a LoadKeyframes run; the ``ui`` entry the extension reads."""
-    strip = pv.make_filmstrip(frames, masks, keyframes, source)
+    # At 4K each picture takes about half a second: progress, and Cancel, after each.
+    strip = pv.make_filmstrip(frames, masks, keyframes, source, progress=comfy_progress())
     FILMSTRIPS.put(strip, owner)
     return {"kfp_filmstrip": [strip.meta()]}
 

@@ -19,6 +19,7 @@ import math
 import os
 import threading
 from collections.abc import Sequence
+from functools import partial
 
 import cv2
 import numpy as np
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from .checks import as_masks, check_shape
 from .errors import PipelineError, wh
 from .ops import dilate, resize_flow, warp
-from .progress import ProgressFn, report
+from .progress import ProgressFn, report, run_checked
 from .types import FlowSet
 from .weights import read_weights, state_dict_mismatch
 
@@ -451,7 +452,10 @@ def compute_flows(
 
     def estimate(i: int, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Flows i->j and j->i (filled) and their errors, at frame resolution, each ``(1, ...)``."""
-        pair = estimator(frames[[i, j]], frames[[j, i]]).float().cpu()  # one batch of 2 for RAFT
+        a, b = frames[[i, j]], frames[[j, i]]
+        # One batch of 2 for RAFT; Cancel (progress raising) is seen while it runs, not only after.
+        check = None if progress is None else (lambda: report(progress, done, total, f"flow {i} -> {j}"))
+        pair = run_checked(partial(estimator, a, b), check).float().cpu()
         f_ij, f_ji = pair[:1], pair[1:]
         if do_fill:
             f_ij = fill_flow_in_mask(f_ij, holes[i : i + 1], seed=seed)

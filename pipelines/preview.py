@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .flow import flow_to_color
+from .progress import ProgressFn, report
 from .types import FrameSequence
 
 HOLE_COLOUR = (1.0, 0.15, 0.35)  # mask overlay, RGB
@@ -172,27 +173,26 @@ def make_filmstrip(
     max_height: int = 288,
     max_frames: int = 400,
     quality: int = 80,
-    batch: int = 32,
+    progress: ProgressFn | None = None,
 ) -> Filmstrip:
     """Filmstrip pictures of a clip: frames (T, H, W, 3) in [0, 1], masks (T, H, W) or None (tensors
     or lazy sequences of frames, which are read in order).
 
     The pictures are wide enough to show one frame at the node's width (the scrubber) and serve as the
-    strip's thumbnails too. Made ``batch`` frames at a time (fewer when they are large), so a long or
-    large clip costs no extra memory.
+    strip's thumbnails too. Made one frame at a time, so a long or large clip costs no extra memory;
+    ``progress(done, total, text)`` is called after each (an exception from it, Cancel, stops there:
+    at 4K each frame takes a read and a resize of about half a second).
     """
     T = len(frames)
     H, W = (int(s) for s in frames[0].shape[:2])
     size = fit_within(H, W, max_width, max_height)
     idx = sample_indices(T, max_frames)
-    # Full-size frames (and masks) of a batch are held at once: at most ~256 MB of them (4 at 4K).
-    batch = max(1, min(int(batch), (256 << 20) // max(H * W * 16, 1)))
     jpegs: list[bytes] = []
-    for a in range(0, len(idx), batch):
-        part = idx[a : a + batch]
-        small = shrink(_take(frames, part)[..., :3], size).clamp(0, 1)
-        small = overlay_mask(small, _masks_at(masks, part, size))
-        jpegs += [encode_jpeg(f, quality) for f in small]
+    for n, i in enumerate(idx):
+        small = shrink(_take(frames, [i])[..., :3], size).clamp(0, 1)
+        small = overlay_mask(small, _masks_at(masks, [i], size))
+        jpegs.append(encode_jpeg(small[0], quality))
+        report(progress, n + 1, len(idx), f"filmstrip frame {i}")
     return Filmstrip(T, sorted(set(keyframes)), size, idx, jpegs, source)
 
 

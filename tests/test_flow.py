@@ -522,3 +522,31 @@ def test_rotation_reference_is_consistent_with_warp() -> None:
     radius = math.hypot(W / 2 - 0.5, H / 2 - 0.5)
     corner = float(np.hypot(ref[0, 0, 0], ref[1, 0, 0]))
     assert math.isclose(corner, 2 * radius * math.sin(math.radians(1.0)), rel_tol=1e-6)
+
+
+def test_compute_flows_sees_cancel_during_one_long_estimate():
+    """Cancel (the progress callback raising) stops compute_flows while one estimate still runs: a
+    4K pair takes seconds. The estimate blocks until the test releases it."""
+    import threading
+
+    class Cancelled(Exception):
+        pass
+
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def estimator(a, b):
+        started.set()
+        release.wait(5)
+        finished.set()
+        return torch.zeros(a.shape[0], 2, a.shape[1], a.shape[2])
+
+    def progress(done, total, text):
+        if started.is_set():
+            raise Cancelled
+
+    try:
+        with pytest.raises(Cancelled):
+            compute_flows(torch.rand(3, 16, 24, 3), estimator, progress=progress)
+        assert not finished.is_set(), "compute_flows stopped only after the estimate"
+    finally:
+        release.set()

@@ -137,9 +137,10 @@ def test_store_replaces_a_nodes_previous_run_and_finds_the_nearest_picture():
     assert store.picture("unknown", 0) is None
 
 
-def test_filmstrip_of_large_frames_holds_few_of_them_at_once(monkeypatch):
-    """4K frames are shrunk a few at a time (Load Keyframes on a 4K clip peaked at 7.6 GB with 32)."""
-    T, H, W = 12, 1200, 1600  # 30 MB per frame and mask: 8 at a time
+def test_filmstrip_of_large_frames_holds_one_at_a_time_and_checks_cancel(monkeypatch):
+    """Large frames are shrunk one at a time (Load Keyframes on a 4K clip peaked at 7.6 GB with 32 at
+    once), giving the pictures of the whole batch shrunk at once; progress (Cancel) after each frame."""
+    T, H, W = 12, 1200, 1600
     gen = torch.Generator().manual_seed(0)
     base = torch.rand(H // 8, W // 8, 3, generator=gen)
     frames = [base.roll(t, 1).repeat_interleave(8, 0).repeat_interleave(8, 1) for t in range(T)]
@@ -147,7 +148,25 @@ def test_filmstrip_of_large_frames_holds_few_of_them_at_once(monkeypatch):
     held: list[int] = []
     take = pv._take
     monkeypatch.setattr(pv, "_take", lambda seq, idx: held.append(len(idx)) or take(seq, idx))
-    strip = pv.make_filmstrip(frames, masks, [0], "test")
-    assert max(held) == 8 and sum(held) == 2 * T  # frames and masks
-    one = pv.make_filmstrip(frames, masks, [0], "test", batch=1)
-    assert strip.jpegs == one.jpegs  # the same pictures
+    calls: list[tuple[int, int]] = []
+    strip = pv.make_filmstrip(frames, masks, [0], "test", progress=lambda d, n, s: calls.append((d, n)))
+    assert max(held) == 1 and sum(held) == 2 * T  # frames and masks
+    assert calls == [(k + 1, T) for k in range(T)]
+    size = pv.fit_within(H, W, 384, 288)
+    at_once = pv.overlay_mask(
+        pv.shrink(torch.stack(frames), size).clamp(0, 1),
+        pv._masks_at(torch.stack(masks), list(range(T)), size),
+    )
+    assert strip.jpegs == [pv.encode_jpeg(f, 80) for f in at_once]  # the same pictures
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done, total, text):
+        if done == 3:
+            raise Cancelled
+
+    held.clear()
+    with pytest.raises(Cancelled):
+        pv.make_filmstrip(frames, masks, [0], "test", progress=cancel)
+    assert sum(held) == 2 * 3
