@@ -591,13 +591,6 @@ class _Guide:
             # Telea also where a fill model is given: this fill only guides the flow estimate.
             return telea_fill(image, to_fill, first.telea_radius)
 
-        keys = set(edited)
-
-        def hole(t: int) -> torch.Tensor:  # as the sweeps' own
-            m = masks[t].float()
-            return torch.zeros_like(m) if t in keys else dilate(m, cfg.mask_dilation)
-
-        self.hole = hole
         self.gen = _sweeps(
             frames, masks, edited, flows, None if flows is not None else estimator, first, telea, True,
             progress, 0, None, None, None, None,
@@ -607,10 +600,9 @@ class _Guide:
 
     def _make_until(self, t: int) -> None:
         while self.made <= t:
-            k, filled, _ = next(self.gen)
+            k, filled, _, box = next(self.gen)
             self.made = k + 1
             if k >= self.keep_from:
-                box = hole_box(self.hole(k))
                 self.store[k] = {} if box is None else {"fill": _crop(filled.permute(2, 0, 1), box)}
 
     def apply(self, t: int, image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
@@ -723,7 +715,7 @@ def propagate_fill(
     )  # fmt: skip
     results: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if sink is None else None
     try:
-        for t, filled, unseen in sweeps:
+        for t, filled, unseen, _ in sweeps:
             if sink is not None:
                 sink(t, filled, unseen)
             else:
@@ -754,9 +746,10 @@ def _sweeps(
     on_chunk: Callable[[int, PackedState], None] | None,
     stats: FillStats | None,
     guide: _Guide | None,
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, Box | None]]:
     """The two sweeps of :func:`propagate_fill` (inputs checked there), chunk by chunk: yields
-    ``(t, filled (H,W,3), unseen (H,W))`` for the frames from ``start`` on, in order."""
+    ``(t, filled (H,W,3), unseen (H,W), box)`` for the frames from ``start`` on, in order (``box``:
+    of the frame's hole, or None)."""
     T = len(frames)
     H, W = frames[0].shape[:2]
     edited_set = set(edited_sorted)
@@ -864,7 +857,7 @@ def _sweeps(
                         tick(ci)
                     if cfg.unseen_fill == "carried":
                         fwd_state = _carry_fill(fwd_state, filled, unseen)
-                yield t, filled, unseen
+                yield t, filled, unseen, box
                 done += 1
                 tick(ci)
             if on_chunk is not None:

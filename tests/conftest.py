@@ -155,3 +155,34 @@ def reference_keys(filename: str) -> dict:
     import json
 
     return json.loads(path.read_text())
+
+
+def assert_cancel_during_a_blocked_estimate(run) -> None:
+    """``run(estimator, progress)`` stops (the progress callback raising, as Cancel) while a single
+    flow estimate is still running, not after it: a 4K estimate takes seconds. The estimate blocks
+    until this helper releases it, so the run can only stop during it."""
+    import threading
+
+    import torch
+
+    class Cancelled(Exception):
+        pass
+
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def estimator(a, b):
+        started.set()
+        release.wait(5)
+        finished.set()
+        return torch.zeros(a.shape[0], 2, a.shape[1], a.shape[2])
+
+    def progress(done, total, text):
+        if started.is_set():
+            raise Cancelled
+
+    try:
+        with pytest.raises(Cancelled):
+            run(estimator, progress)
+        assert not finished.is_set(), "the run stopped only after the estimate"
+    finally:
+        release.set()

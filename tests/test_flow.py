@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import assert_cancel_during_a_blocked_estimate
 
 from keyframe_propagation.pipelines.errors import PipelineError
 from keyframe_propagation.pipelines.flow import (
@@ -525,28 +526,6 @@ def test_rotation_reference_is_consistent_with_warp() -> None:
 
 
 def test_compute_flows_sees_cancel_during_one_long_estimate():
-    """Cancel (the progress callback raising) stops compute_flows while one estimate still runs: a
-    4K pair takes seconds. The estimate blocks until the test releases it."""
-    import threading
-
-    class Cancelled(Exception):
-        pass
-
-    started, release, finished = threading.Event(), threading.Event(), threading.Event()
-
-    def estimator(a, b):
-        started.set()
-        release.wait(5)
-        finished.set()
-        return torch.zeros(a.shape[0], 2, a.shape[1], a.shape[2])
-
-    def progress(done, total, text):
-        if started.is_set():
-            raise Cancelled
-
-    try:
-        with pytest.raises(Cancelled):
-            compute_flows(torch.rand(3, 16, 24, 3), estimator, progress=progress)
-        assert not finished.is_set(), "compute_flows stopped only after the estimate"
-    finally:
-        release.set()
+    """Cancel stops compute_flows while one estimate still runs: a 4K pair takes seconds."""
+    frames = torch.rand(3, 16, 24, 3)
+    assert_cancel_during_a_blocked_estimate(lambda est, prog: compute_flows(frames, est, progress=prog))

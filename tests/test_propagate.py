@@ -7,12 +7,12 @@ pixels with hand-built (analytic) flows, static scenes, and the per-frame Telea 
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import assert_cancel_during_a_blocked_estimate
 
 from keyframe_propagation.pipelines import propagate as prop
 from keyframe_propagation.pipelines.errors import PipelineError
@@ -354,30 +354,10 @@ def test_flow_union_and_prefill_follow_the_background_not_the_moving_hole(seed):
 
 def test_cancel_is_seen_during_one_long_flow_estimate(clip):
     """Cancel (the progress callback raising) stops the run while a single estimate is still
-    running, not after it: a 4K estimate or inpainting takes seconds. The estimate here blocks until
-    the test releases it, so the run can only stop during it."""
-
-    class Cancelled(Exception):
-        pass
-
-    started, release, finished = threading.Event(), threading.Event(), threading.Event()
-
-    def estimator(a, b):
-        started.set()
-        release.wait(5)
-        finished.set()
-        return torch.zeros(a.shape[0], 2, a.shape[1], a.shape[2])
-
-    def progress(done, total, text):
-        if started.is_set():
-            raise Cancelled
-
-    try:
-        with pytest.raises(Cancelled):
-            propagate_fill(clip.frames, clip.masks, estimator=estimator, progress=progress)
-        assert not finished.is_set(), "the run stopped only after the estimate"
-    finally:
-        release.set()
+    running, not after it: a 4K estimate or inpainting takes seconds."""
+    assert_cancel_during_a_blocked_estimate(
+        lambda est, prog: propagate_fill(clip.frames, clip.masks, estimator=est, progress=prog)
+    )
 
 
 def test_run_checked_returns_raises_and_keeps_the_grad_mode():
